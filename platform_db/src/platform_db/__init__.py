@@ -1,0 +1,1 @@
+"""Shared auth tables, migrations, auth logic and service kit."""

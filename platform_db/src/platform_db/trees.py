@@ -1,0 +1,13 @@
+"""The platform's migration tree."""
+
+from platform_db.migrate import MigrationTree
+from platform_db.models import PLATFORM_TABLES
+
+PLATFORM = MigrationTree(
+    name="platform-db",
+    script_location="platform_db:migrations",
+    models_module="platform_db.models",
+    schema="public",
+    version_table="platform_alembic_version",
+    owned_tables=PLATFORM_TABLES,
+)

@@ -1,0 +1,54 @@
+"""Fixtures every test shares: a real Postgres and isolated databases on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from platform_db import migrate
+from platform_db.embedded import FAST_SETTINGS, EmbeddedPostgres
+from platform_db.trees import PLATFORM
+from tests.pg import create_database, drop_database
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server for the whole run: `DATABASE_URL` if set, else an embedded one."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), settings=FAST_SETTINGS)
+    with server:
+        yield server.url()
+
+
+@pytest.fixture
+async def empty_db(admin_url: str) -> AsyncIterator[str]:
+    """A new, empty database for one test."""
+    url = await create_database(admin_url)
+    yield url
+    await drop_database(admin_url, url)
+
+
+@pytest.fixture(scope="session")
+async def platform_template(admin_url: str) -> AsyncIterator[str]:
+    """A database with the platform tree at head, used as a template (never connected to)."""
+    url = await create_database(admin_url, prefix="tmpl")
+    await migrate.upgrade(PLATFORM, url)
+    yield urlsplit(url).path.lstrip("/")
+    await drop_database(admin_url, url)
+
+
+@pytest.fixture
+async def db_url(admin_url: str, platform_template: str) -> AsyncIterator[str]:
+    """A new database with the platform tree at head, for one test."""
+    url = await create_database(admin_url, template=platform_template)
+    yield url
+    await drop_database(admin_url, url)
