@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from platform_db import migrate
+from platform_db.app import create_app
 from platform_db.embedded import FAST_SETTINGS, EmbeddedPostgres
+from platform_db.settings import AuthSettings
 from platform_db.trees import PLATFORM
 from tests.pg import create_database, drop_database
 
@@ -52,3 +57,37 @@ async def db_url(admin_url: str, platform_template: str) -> AsyncIterator[str]:
     url = await create_database(admin_url, template=platform_template)
     yield url
     await drop_database(admin_url, url)
+
+
+TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+ORIGIN = "https://testserver"
+
+
+def auth_settings(database_url: str, **overrides: object) -> AuthSettings:
+    values: dict[str, object] = {
+        "DATABASE_URL": database_url,
+        "AUTH_SECRET": TEST_SECRET,
+        "ENVIRONMENT": "test",
+        "DB_POOL_SIZE": 5,
+    }
+    values.update(overrides)
+    return AuthSettings.model_validate(values)
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client talking to `app` in process, with its lifespan run."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=ORIGIN, headers={"origin": ORIGIN}
+        ) as client:
+            yield client
+
+
+@pytest.fixture
+async def platform_client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for an app with only the platform's routes (auth, health)."""
+    app = create_app(title="platform test", settings=auth_settings(db_url))
+    async with running(app) as client:
+        yield client

@@ -1,0 +1,60 @@
+"""The application factory every service uses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from platform_db.auth.origin import TrustedOriginMiddleware
+from platform_db.auth.passwords import PasswordHasher
+from platform_db.auth.router import router as auth_router
+from platform_db.db import Database, create_engine
+from platform_db.errors import install_error_handlers
+from platform_db.health import router as health_router
+from platform_db.migrate import MigrationTree
+from platform_db.settings import AuthSettings
+from platform_db.trees import PLATFORM
+
+
+def create_app(
+    *,
+    title: str,
+    settings: AuthSettings,
+    routers: Sequence[APIRouter] = (),
+    trees: Sequence[MigrationTree] = (),
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A service: the auth routes, health, one error shape, and the service's own routers.
+
+    `trees` are the migration trees `/readyz` requires at head besides the platform's.
+    """
+    all_trees = (PLATFORM, *trees)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.db = Database(create_engine(settings))
+        app.state.hasher = PasswordHasher(settings.password_hash_concurrency)
+        try:
+            yield
+        finally:
+            app.state.hasher.close()
+            await app.state.db.dispose()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.trees = all_trees
+    app.state.tree_heads = {tree.name: tree.heads() for tree in all_trees}
+    install_error_handlers(app)
+    app.add_middleware(
+        TrustedOriginMiddleware,
+        cookie_names=[settings.session_cookie_name],
+        trusted_origins=settings.trusted_origins,
+    )
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,82 @@
+"""Who is calling: the session cookie or `Authorization: Bearer`, resolved once per request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from platform_db.auth import cookies
+from platform_db.auth.passwords import PasswordHasher
+from platform_db.auth.sessions import AuthContext, SessionPolicy, validate_session
+from platform_db.db import DbSession
+from platform_db.errors import Unauthorized
+from platform_db.models import User
+from platform_db.settings import AuthSettings
+
+
+def _settings(request: Request) -> AuthSettings:
+    settings: AuthSettings = request.app.state.settings
+    return settings
+
+
+def _hasher(request: Request) -> PasswordHasher:
+    hasher: PasswordHasher = request.app.state.hasher
+    return hasher
+
+
+Settings = Annotated[AuthSettings, Depends(_settings)]
+Hasher = Annotated[PasswordHasher, Depends(_hasher)]
+
+# Declared for OpenAPI (the Authorize button); the cookie is read by hand because its name
+# depends on settings (`__Secure-` prefix).
+_bearer = HTTPBearer(auto_error=False, description="A session token from sign-in or sign-up")
+
+
+def session_token(
+    request: Request,
+    settings: AuthSettings,
+    bearer: HTTPAuthorizationCredentials | None,
+) -> str | None:
+    """The session token the request carries, if any and if its signature (when signed) holds."""
+    secret = settings.auth_secret.get_secret_value()
+    if bearer is not None and bearer.credentials:
+        value = bearer.credentials
+        # better-auth's bearer plugin accepts the raw token or the signed `token.sig` form.
+        return cookies.unsign(value, secret) if "." in value else value
+    raw = request.cookies.get(settings.session_cookie_name)
+    if raw:
+        return cookies.decode_cookie_value(raw, secret)
+    return None
+
+
+async def _optional_auth(
+    request: Request,
+    db: DbSession,
+    settings: Settings,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> AuthContext | None:
+    token = session_token(request, settings, bearer)
+    if token is None:
+        return None
+    ctx = await validate_session(db, token, SessionPolicy.from_settings(settings))
+    if ctx is None:
+        # Persist the deletion of an expired session even though the request will fail.
+        await db.commit()
+    return ctx
+
+
+async def _required_auth(ctx: Annotated[AuthContext | None, Depends(_optional_auth)]) -> AuthContext:
+    if ctx is None:
+        raise Unauthorized()
+    return ctx
+
+
+async def _current_user(ctx: Annotated[AuthContext, Depends(_required_auth)]) -> User:
+    return ctx.user
+
+
+OptionalAuth = Annotated[AuthContext | None, Depends(_optional_auth)]
+CurrentSession = Annotated[AuthContext, Depends(_required_auth)]
+CurrentUser = Annotated[User, Depends(_current_user)]

@@ -1,0 +1,67 @@
+"""Request and response bodies of the auth routes, in better-auth's shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from platform_db.schemas import ApiModel
+
+
+class UserRead(ApiModel):
+    id: str
+    name: str
+    email: str
+    email_verified: bool
+    image: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionRead(ApiModel):
+    id: str
+    token: str
+    user_id: str
+    expires_at: datetime
+    ip_address: str | None
+    user_agent: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SignUpEmail(ApiModel):
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=4096)
+    image: str | None = Field(default=None, max_length=2048)
+    callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
+    remember_me: bool = True
+
+
+class SignInEmail(ApiModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=4096)
+    callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
+    remember_me: bool = True
+
+
+class SignUpResult(ApiModel):
+    token: str | None
+    user: UserRead
+
+
+class SignInResult(ApiModel):
+    redirect: bool
+    token: str
+    url: str | None = None
+    user: UserRead
+
+
+class SessionWithUser(ApiModel):
+    session: SessionRead
+    user: UserRead
+
+
+class Success(ApiModel):
+    success: bool

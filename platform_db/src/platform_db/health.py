@@ -1,0 +1,64 @@
+"""Liveness and readiness, the same in every service."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from platform_db.db import Database
+from platform_db.errors import ErrorBody
+from platform_db.migrate import MigrationTree, current_heads
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    trees: dict[str, str]
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": ErrorBody, "description": "NOT_READY"}},
+)
+async def readyz(request: Request) -> Readiness | JSONResponse:
+    """The database is reachable and every migration tree this service needs is at its head."""
+    db: Database = request.app.state.db
+    trees: tuple[MigrationTree, ...] = request.app.state.trees
+    heads: dict[str, tuple[str, ...]] = request.app.state.tree_heads
+    found: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(5), db.engine.connect() as conn:
+            for tree in trees:
+                current = await current_heads(conn, tree)
+                found[tree.name] = " ".join(current)
+                if current != heads[tree.name]:
+                    return JSONResponse(
+                        {
+                            "code": "NOT_READY",
+                            "message": f"the {tree.name} tree is at {found[tree.name] or 'nothing'}, "
+                            f"expected {' '.join(heads[tree.name])}",
+                        },
+                        status_code=503,
+                    )
+    except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure means not ready
+        return JSONResponse(
+            {"code": "NOT_READY", "message": f"database unreachable: {type(exc).__name__}"},
+            status_code=503,
+        )
+    return Readiness(status="ready", trees=found)
