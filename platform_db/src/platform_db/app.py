@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from platform_db.auth.origin import TrustedOriginMiddleware
 from platform_db.auth.passwords import PasswordHasher
@@ -43,7 +44,15 @@ def create_app(
             app.state.hasher.close()
             await app.state.db.dispose()
 
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    # Swagger UI's files are served by the service itself: no CDN, works offline.
+    app = FastAPIOffline(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
     app.state.settings = settings
     app.state.trees = all_trees
     app.state.tree_heads = {tree.name: tree.heads() for tree in all_trees}

@@ -23,7 +23,9 @@ def _settings() -> DatabaseSettings:
         return DatabaseSettings()
     except ValidationError as exc:
         missing = ", ".join(str(e["loc"][0]) for e in exc.errors())
-        raise MigrationError(f"invalid or missing setting: {missing} (set it in the environment)") from None
+        raise MigrationError(
+            f"invalid or missing setting: {missing} (set it in the environment)"
+        ) from None
 
 
 def build_parser(tree: MigrationTree, description: str) -> argparse.ArgumentParser:
@@ -76,7 +78,9 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
         print(f"{tree.name}: stamped {' '.join(heads) or '(none)'}")
     elif args.command == "downgrade":
         heads = asyncio.run(
-            migrate.downgrade(tree, url, args.revision, lock_timeout=settings.migration_lock_timeout)
+            migrate.downgrade(
+                tree, url, args.revision, lock_timeout=settings.migration_lock_timeout
+            )
         )
         print(f"{tree.name}: at {' '.join(heads) or '(none)'}")
     elif args.command == "revision":
@@ -97,6 +101,9 @@ def main_for(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Our own lines say what ran; Alembic's and httpx's per-step INFO lines are noise here.
+    for noisy in ("alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser(tree, description)
     extra: Callable[[argparse.Namespace], int | None] | None = extend(parser) if extend else None
     args = parser.parse_args(argv)
@@ -116,7 +123,27 @@ def main_for(
         return 130
 
 
+def _dev_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int | None]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.add_parser(
+        "dev", help="run everything locally: embedded Postgres, migrations in order, all services"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--data-dir", default=".data", help="where the local database lives")
+
+    def handle(args: argparse.Namespace) -> int | None:
+        if args.command != "dev":
+            return None
+        from pathlib import Path
+
+        from platform_db.dev import run_dev
+
+        return run_dev(args.host, Path(args.data_dir))
+
+    return handle
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     from platform_db.trees import PLATFORM
 
-    sys.exit(main_for(PLATFORM, "Migrations of the shared auth tables.", argv=argv))
+    sys.exit(main_for(PLATFORM, "Migrations of the shared auth tables.", _dev_command, argv=argv))

@@ -102,12 +102,16 @@ class EmbeddedPostgres:
 
     def _run(self, name: str, args: Sequence[str], *, timeout: float = 60) -> None:
         cmd = [str(_bin_dir() / name), *args]
-        as_user: dict[str, object] = {}
-        if self._user is not None:
-            # Drop the root group too: a root-group directory's group bits would apply.
-            as_user = {"user": self._user, "group": self._user, "extra_groups": []}
+        # As root, drop the root group too: a root-group directory's group bits would apply.
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False, **as_user
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            user=self._user,
+            group=self._user,
+            extra_groups=[] if self._user else None,
         )
         if proc.returncode != 0:
             tail = ""

@@ -123,11 +123,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(
-        exc, OperationalError | InterfaceError
+    if (
+        isinstance(exc, DBAPIError)
+        and not exc.connection_invalidated
+        and not isinstance(exc, OperationalError | InterfaceError)
     ):
         return await _unhandled(request, exc)
-    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    log.warning(
+        "database unavailable during %s %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+    )
     err = ServiceUnavailable()
     return error_response(err.status_code, err.code, err.detail, headers={"Retry-After": "1"})
 

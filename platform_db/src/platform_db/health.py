@@ -48,15 +48,11 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
                 current = await current_heads(conn, tree)
                 found[tree.name] = " ".join(current)
                 if current != heads[tree.name]:
-                    return JSONResponse(
-                        {
-                            "code": "NOT_READY",
-                            "message": f"the {tree.name} tree is at {found[tree.name] or 'nothing'}, "
-                            f"expected {' '.join(heads[tree.name])}",
-                        },
-                        status_code=503,
-                    )
-    except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure means not ready
+                    at = found[tree.name] or "nothing"
+                    expected = " ".join(heads[tree.name])
+                    message = f"the {tree.name} tree is at {at}, expected {expected}"
+                    return JSONResponse({"code": "NOT_READY", "message": message}, status_code=503)
+    except (OSError, TimeoutError, Exception) as exc:
         return JSONResponse(
             {"code": "NOT_READY", "message": f"database unreachable: {type(exc).__name__}"},
             status_code=503,

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from alembic import command
 from alembic.autogenerate.api import AutogenContext
@@ -25,6 +25,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -96,14 +97,16 @@ _VERSION_TABLE_RE = re.compile(r"(^|_)alembic_version$")
 # --------------------------------------------------------------------------------------
 # env.py: every tree's env.py is `run_env()`.
 # --------------------------------------------------------------------------------------
-def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     # Migrations should not depend on our Python types: UTCDateTime is a plain timestamp.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime()"
     return False
 
 
-def configure_context(context: EnvironmentContext, tree: MigrationTree, connection: Connection) -> None:
+def configure_context(
+    context: EnvironmentContext, tree: MigrationTree, connection: Connection
+) -> None:
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
         if type_ == "schema":
             return (name or "public") == tree.schema
@@ -113,7 +116,9 @@ def configure_context(context: EnvironmentContext, tree: MigrationTree, connecti
             return tree.owned_tables is None or name in tree.owned_tables
         return True
 
-    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
         table = obj if type_ == "table" else getattr(obj, "table", None)
         if isinstance(table, Table):
             return tree.owns(table)
@@ -145,7 +150,7 @@ def run_env() -> None:
         raise MigrationError(
             f"run migrations through the `{tree.name}` command, not the alembic command"
         )
-    configure_context(context, tree, connection)
+    configure_context(cast(EnvironmentContext, context), tree, connection)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -197,7 +202,9 @@ class _AdvisoryLock:
                 if got:
                     break
                 if not waited:
-                    log.info("%s: another process is migrating; waiting for its lock", self.tree.name)
+                    log.info(
+                        "%s: another process is migrating; waiting for its lock", self.tree.name
+                    )
                     waited = True
                 if time.monotonic() > deadline:
                     raise MigrationError(
@@ -214,7 +221,9 @@ class _AdvisoryLock:
     async def __aexit__(self, *exc: object) -> None:
         assert self._conn is not None
         try:
-            await self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.tree.lock_key})
+            await self._conn.execute(
+                text("SELECT pg_advisory_unlock(:k)"), {"k": self.tree.lock_key}
+            )
             await self._conn.commit()
         finally:
             await self._conn.close()
@@ -246,17 +255,27 @@ async def current(tree: MigrationTree, url: str) -> tuple[str, ...]:
 
 
 async def wait_for_required(
-    engine: AsyncEngine, tree: MigrationTree, timeout: float, poll: float = 0.5
+    engine: AsyncEngine, tree: MigrationTree, wait_seconds: float, poll: float = 0.5
 ) -> None:
-    """Wait, at most `timeout` seconds, until every tree `tree` requires is at its head."""
+    """Wait, at most `wait_seconds` seconds, until every tree `tree` requires is at its head."""
     for required in tree.requires:
         expected = required.heads()
         known = {rev.revision for rev in required.script().walk_revisions()}
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_seconds
         announced = False
         while True:
-            async with engine.connect() as conn:
-                found = await current_heads(conn, required)
+            try:
+                async with engine.connect() as conn:
+                    found = await current_heads(conn, required)
+            except (OSError, DBAPIError) as exc:
+                # The database may still be starting: keep trying within the same bound.
+                if time.monotonic() >= deadline:
+                    raise MigrationError(
+                        f"{tree.name}: cannot reach the database after {wait_seconds:.0f}s: "
+                        f"{type(exc).__name__}"
+                    ) from None
+                await asyncio.sleep(poll)
+                continue
             if found == expected:
                 break
             unknown = [rev for rev in found if rev not in known]
@@ -269,7 +288,7 @@ async def wait_for_required(
             if not announced:
                 log.warning(
                     "%s: waiting up to %.0fs for the %s tree to reach %s (now at %s)",
-                    tree.name, timeout, required.name, ", ".join(expected),
+                    tree.name, wait_seconds, required.name, ", ".join(expected),
                     ", ".join(found) or "nothing",
                 )  # fmt: skip
                 announced = True
@@ -278,7 +297,7 @@ async def wait_for_required(
                     f"{tree.name}: the {required.name} tree is at "
                     f"{', '.join(found) or 'no revision (empty database)'}, expected "
                     f"{', '.join(expected)}. Run `{required.name} migrate` first "
-                    f"(waited {timeout:.0f}s; PLATFORM_WAIT_TIMEOUT sets how long)."
+                    f"(waited {wait_seconds:.0f}s; PLATFORM_WAIT_TIMEOUT sets how long)."
                 )
             await asyncio.sleep(poll)
 
@@ -394,6 +413,9 @@ async def revision(
     engine = _engine(url)
     try:
         async with engine.connect() as conn:
+            if tree.create_schema:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tree.schema}"'))
+                await conn.commit()
             found = await current_heads(conn, tree)
         if found != tree.heads():
             raise MigrationError(

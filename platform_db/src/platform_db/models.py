@@ -93,6 +93,5 @@ class Verification(SQLModel, table=True):
 
 # The tables the platform's Alembic tree owns; everything else in the database belongs to others.
 PLATFORM_TABLES = frozenset(
-    t.__table__.name  # type: ignore[attr-defined]
-    for t in (User, Session, Account, Verification)
+    str(model.__tablename__) for model in (User, Session, Account, Verification)
 )

@@ -46,7 +46,9 @@ class AuthSettings(DatabaseSettings):
     # None means: Secure everywhere except in development.
     cookie_secure: bool | None = Field(default=None, validation_alias="COOKIE_SECURE")
     cookie_domain: str | None = Field(default=None, validation_alias="COOKIE_DOMAIN")
-    session_expires_in: int = Field(default=7 * 24 * 3600, gt=0, validation_alias="SESSION_EXPIRES_IN")
+    session_expires_in: int = Field(
+        default=7 * 24 * 3600, gt=0, validation_alias="SESSION_EXPIRES_IN"
+    )
     session_update_age: int = Field(default=24 * 3600, ge=0, validation_alias="SESSION_UPDATE_AGE")
     trusted_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="TRUSTED_ORIGINS"

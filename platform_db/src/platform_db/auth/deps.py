@@ -67,7 +67,9 @@ async def _optional_auth(
     return ctx
 
 
-async def _required_auth(ctx: Annotated[AuthContext | None, Depends(_optional_auth)]) -> AuthContext:
+async def _required_auth(
+    ctx: Annotated[AuthContext | None, Depends(_optional_auth)],
+) -> AuthContext:
     if ctx is None:
         raise Unauthorized()
     return ctx

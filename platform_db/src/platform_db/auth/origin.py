@@ -23,7 +23,9 @@ def _origin_of(url: str) -> str | None:
 
 
 class TrustedOriginMiddleware:
-    def __init__(self, app: ASGIApp, *, cookie_names: Iterable[str], trusted_origins: Iterable[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, cookie_names: Iterable[str], trusted_origins: Iterable[str]
+    ) -> None:
         self.app = app
         self.cookie_names = frozenset(cookie_names)
         self.trusted = frozenset(o.lower().rstrip("/") for o in trusted_origins)

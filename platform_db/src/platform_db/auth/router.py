@@ -106,7 +106,7 @@ async def sign_up_email(
     """Create a user with an email and password, and sign them in."""
     email = normalize_email(body.email)
     check_password_length(body.password)
-    if (await db.execute(select(User.id).where(col(User.email) == email))).first() is not None:
+    if (await db.execute(select(col(User.id)).where(col(User.email) == email))).first() is not None:
         raise UserAlreadyExists()
     password_hash = await hasher.hash(body.password)
     now = utcnow()
@@ -151,7 +151,7 @@ async def sign_in_email(
     email = normalize_email(body.email)
     row = (
         await db.execute(
-            select(User, Account.password)
+            select(User, col(Account.password))
             .outerjoin(
                 Account,
                 (col(Account.user_id) == col(User.id))
@@ -197,7 +197,9 @@ async def sign_out(
 
 
 @router.get("/get-session", response_model=SessionWithUser | None)
-async def get_session(ctx: OptionalAuth, response: Response, settings: Settings) -> SessionWithUser | None:
+async def get_session(
+    ctx: OptionalAuth, response: Response, settings: Settings
+) -> SessionWithUser | None:
     """The current session and its user, or null when signed out."""
     if ctx is None:
         return None

@@ -114,7 +114,9 @@ async def revoke_session(db: AsyncSession, token: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def revoke_user_sessions(db: AsyncSession, user_id: str, *, keep_token: str | None = None) -> int:
+async def revoke_user_sessions(
+    db: AsyncSession, user_id: str, *, keep_token: str | None = None
+) -> int:
     stmt = delete(Session).where(col(Session.user_id) == user_id)
     if keep_token is not None:
         stmt = stmt.where(col(Session.token) != keep_token)

@@ -1,0 +1,90 @@
+"""What makes a package a service: its migration tree, its app factory, its command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from platform_db import migrate
+from platform_db.cli import main_for
+from platform_db.migrate import MigrationError, MigrationTree
+from platform_db.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    tree: MigrationTree
+    create_app: Callable[[AuthSettings | None], FastAPI]
+    default_port: int
+    description: str = ""
+
+
+def load_settings() -> AuthSettings:
+    try:
+        return AuthSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        raise MigrationError(f"invalid or missing settings: {problems}") from None
+
+
+def serve(service: ServiceDefinition, host: str, port: int) -> int:
+    """Migrate the service's own tree (after the platform's), then serve with uvicorn."""
+    import uvicorn
+
+    settings = load_settings()
+    heads = asyncio.run(
+        migrate.upgrade(
+            service.tree,
+            settings.database_url,
+            wait_timeout=settings.platform_wait_timeout,
+            lock_timeout=settings.migration_lock_timeout,
+        )
+    )
+    log.info("%s: migrations at %s", service.name, " ".join(heads))
+    app = service.create_app(settings)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    print(f"{service.name}: serving on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
+    sys.stdout.flush()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        access_log=os.environ.get("ACCESS_LOG", "1") != "0",
+    )
+    return 0
+
+
+def service_main(service: ServiceDefinition) -> NoReturn:
+    """The console command of a service: the migration subcommands plus `serve`."""
+
+    def extend(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int | None]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.add_parser("serve", help="migrate this service's tree, then serve HTTP")
+        p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        p.add_argument(
+            "--port", type=int, default=int(os.environ.get("PORT", service.default_port))
+        )
+
+        def handle(args: argparse.Namespace) -> int | None:
+            if args.command == "serve":
+                return serve(service, args.host, args.port)
+            return None
+
+        return handle
+
+    sys.exit(main_for(service.tree, service.description or f"The {service.name} service.", extend))

@@ -1,0 +1,5 @@
+"""Alembic environment of the trading tree; the logic is shared in platform_db.migrate."""
+
+from platform_db.migrate import run_env
+
+run_env()
