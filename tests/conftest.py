@@ -15,11 +15,15 @@ from fastapi import FastAPI
 from platform_db import migrate
 from platform_db.app import create_app
 from platform_db.embedded import FAST_SETTINGS, EmbeddedPostgres
+from platform_db.service import ServiceDefinition
 from platform_db.settings import AuthSettings
 from platform_db.trees import PLATFORM
 from tests.pg import create_database, drop_database
+from trading.app import SERVICE as TRADING
+from web.app import SERVICE as WEB
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICES: tuple[ServiceDefinition, ...] = (WEB, TRADING)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,25 @@ async def platform_template(admin_url: str) -> AsyncIterator[str]:
     url = await create_database(admin_url, prefix="tmpl")
     await migrate.upgrade(PLATFORM, url)
     yield urlsplit(url).path.lstrip("/")
+    await drop_database(admin_url, url)
+
+
+@pytest.fixture(scope="session")
+async def full_template(admin_url: str) -> AsyncIterator[str]:
+    """A database with the platform, web and trading trees at head (a template)."""
+    url = await create_database(admin_url, prefix="tmplfull")
+    await migrate.upgrade(PLATFORM, url)
+    for service in SERVICES:
+        await migrate.upgrade(service.tree, url)
+    yield urlsplit(url).path.lstrip("/")
+    await drop_database(admin_url, url)
+
+
+@pytest.fixture
+async def full_db(admin_url: str, full_template: str) -> AsyncIterator[str]:
+    """A new database with all three trees at head, for one test."""
+    url = await create_database(admin_url, template=full_template)
+    yield url
     await drop_database(admin_url, url)
 
 
@@ -91,3 +114,31 @@ async def platform_client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(title="platform test", settings=auth_settings(db_url))
     async with running(app) as client:
         yield client
+
+
+@pytest.fixture(params=SERVICES, ids=lambda s: s.name)
+def service(request: pytest.FixtureRequest) -> ServiceDefinition:
+    """Each test using this runs once per service."""
+    svc: ServiceDefinition = request.param
+    return svc
+
+
+@pytest.fixture
+async def service_client(
+    service: ServiceDefinition, full_db: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for one service's app (in process) on a database with every tree at head."""
+    async with running(service.create_app(auth_settings(full_db))) as client:
+        yield client
+
+
+@pytest.fixture
+async def both_clients(
+    full_db: str,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """In-process clients for web and trading on one shared database."""
+    async with (
+        running(WEB.create_app(auth_settings(full_db))) as web,
+        running(TRADING.create_app(auth_settings(full_db))) as trading,
+    ):
+        yield web, trading
