@@ -68,23 +68,34 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -
     raise MigrationError(f"{url} was not ready after {timeout:.0f}s")
 
 
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a supervisor, `timeout`, a closed terminal) stop everything like Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
 def run_dev(host: str, data_dir: Path) -> int:
+    _interrupt_on_sigterm()
     data_dir.mkdir(parents=True, exist_ok=True)
     services = discover_services()
     server: EmbeddedPostgres | None = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        server = EmbeddedPostgres(data_dir / "postgres")
-        url = server.start()
-        print(f"postgres: {url} (data in {server.data_dir})")
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "AUTH_SECRET": _auth_secret(data_dir),
-        "ENVIRONMENT": os.environ.get("ENVIRONMENT", "development"),
-    }
     children: list[subprocess.Popen[bytes]] = []
     try:
+        url = os.environ.get("DATABASE_URL")
+        if not url:
+            server = EmbeddedPostgres(data_dir / "postgres")
+            url = server.start()
+            print(f"postgres: {url} (data in {server.data_dir})")
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "AUTH_SECRET": _auth_secret(data_dir),
+            "ENVIRONMENT": os.environ.get("ENVIRONMENT", "development"),
+        }
         print(f"{PLATFORM.name}: at {' '.join(asyncio.run(migrate.upgrade(PLATFORM, url)))}")
         for service in services:
             heads = asyncio.run(migrate.upgrade(service.tree, url))
@@ -108,6 +119,9 @@ def run_dev(host: str, data_dir: Path) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave Postgres running.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for proc in children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
