@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from platform_db.auth.mail import create_mailer
 from platform_db.auth.origin import TrustedOriginMiddleware
 from platform_db.auth.passwords import PasswordHasher
+from platform_db.auth.ratelimit import RateLimitMiddleware, rules_from
 from platform_db.auth.router import router as auth_router
 from platform_db.db import Database, create_engine
 from platform_db.errors import install_error_handlers
@@ -38,6 +40,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = Database(create_engine(settings))
         app.state.hasher = PasswordHasher(settings.password_hash_concurrency)
+        app.state.mailer = create_mailer(settings)
         try:
             yield
         finally:
@@ -62,6 +65,8 @@ def create_app(
         cookie_names=[settings.session_cookie_name],
         trusted_origins=settings.trusted_origins,
     )
+    if settings.rate_limits_on:
+        app.add_middleware(RateLimitMiddleware, rules=rules_from(settings))
     app.include_router(health_router)
     app.include_router(auth_router)
     for router in routers:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,25 @@ def responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+async def send_error(
+    send: Send, error: type[AppError], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with `error` from plain ASGI middleware, in the same shape as the handlers."""
+    body = json.dumps({"code": error.code, "message": error.message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 _STATUS_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
@@ -122,6 +143,22 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+class InvalidInput(AppError):
+    status_code = 400
+    code = "INVALID_INPUT"
+    message = "The request holds a value the database cannot store (such as a NUL character)"
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # SQLSTATE class 22 (data exception): the client sent a value Postgres rejects, e.g. a
+    # NUL character in text. The transaction is rolled back; it is the client's error.
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+        err = InvalidInput()
+        return error_response(err.status_code, err.code, err.detail)
+    return await _database_unavailable(request, exc)
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     if (
         isinstance(exc, DBAPIError)
@@ -148,6 +185,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(DBAPIError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(ConnectionError, _database_unavailable)
     app.add_exception_handler(Exception, _unhandled)

@@ -10,6 +10,18 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def parse_rate(value: str) -> tuple[int, float]:
+    """`"3/10"`: at most 3 requests per 10 seconds."""
+    count, sep, window = value.partition("/")
+    try:
+        parsed = int(count), float(window)
+    except ValueError:
+        parsed = (0, 0.0)
+    if not sep or parsed[0] < 1 or parsed[1] <= 0:
+        raise ValueError(f"a rate limit is MAX/SECONDS, like 3/10; got {value!r}")
+    return parsed
+
+
 class DatabaseSettings(BaseSettings):
     """What every command that touches the database needs."""
 
@@ -59,6 +71,48 @@ class AuthSettings(DatabaseSettings):
         validation_alias="PASSWORD_HASH_CONCURRENCY",
     )
 
+    # Links in mails point here (better-auth's baseURL); default: the URL the request came to.
+    auth_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTH_URL", "BETTER_AUTH_URL")
+    )
+    require_email_verification: bool = Field(
+        default=False, validation_alias="REQUIRE_EMAIL_VERIFICATION"
+    )
+    email_verification_expires_in: int = Field(
+        default=3600, gt=0, validation_alias="EMAIL_VERIFICATION_EXPIRES_IN"
+    )
+    reset_password_expires_in: int = Field(
+        default=3600, gt=0, validation_alias="RESET_PASSWORD_EXPIRES_IN"
+    )
+
+    # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development and test,
+    # and refused (503 EMAIL_NOT_CONFIGURED) in production rather than silently dropped.
+    smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
+    smtp_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="SMTP_PORT")
+    smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
+    smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", validation_alias="SMTP_SECURITY"
+    )
+    smtp_timeout: float = Field(default=30.0, gt=0, validation_alias="SMTP_TIMEOUT")
+    mail_from: str = Field(default="no-reply@localhost", validation_alias="MAIL_FROM")
+
+    # Rate limits per client address and route group, kept in each process's memory.
+    # None: on, except in development and test (as better-auth).
+    rate_limit_enabled: bool | None = Field(default=None, validation_alias="RATE_LIMIT_ENABLED")
+    rate_limit_sign_in: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_IN")
+    rate_limit_sign_up: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_UP")
+    rate_limit_password: str = Field(default="3/10", validation_alias="RATE_LIMIT_PASSWORD")
+    rate_limit_email: str = Field(default="3/60", validation_alias="RATE_LIMIT_EMAIL")
+
+    @field_validator(
+        "rate_limit_sign_in", "rate_limit_sign_up", "rate_limit_password", "rate_limit_email"
+    )
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
     @field_validator("trusted_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -67,12 +121,25 @@ class AuthSettings(DatabaseSettings):
         return value
 
     @cached_property
+    def rate_limits_on(self) -> bool:
+        if self.rate_limit_enabled is not None:
+            return self.rate_limit_enabled
+        return self.environment == "production"
+
+    @cached_property
     def secure_cookies(self) -> bool:
         if self.cookie_secure is not None:
             return self.cookie_secure
         return self.environment != "development"
 
+    def cookie_name(self, name: str) -> str:
+        full = f"{self.cookie_prefix}.{name}"
+        return f"__Secure-{full}" if self.secure_cookies else full
+
     @cached_property
     def session_cookie_name(self) -> str:
-        name = f"{self.cookie_prefix}.session_token"
-        return f"__Secure-{name}" if self.secure_cookies else name
+        return self.cookie_name("session_token")
+
+    @cached_property
+    def dont_remember_cookie_name(self) -> str:
+        return self.cookie_name("dont_remember")

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from platform_db.auth import cookies
+from platform_db.auth.mail import Mailer
 from platform_db.auth.passwords import PasswordHasher
 from platform_db.auth.sessions import AuthContext, SessionPolicy, validate_session
 from platform_db.db import DbSession
@@ -82,3 +83,11 @@ async def _current_user(ctx: Annotated[AuthContext, Depends(_required_auth)]) ->
 OptionalAuth = Annotated[AuthContext | None, Depends(_optional_auth)]
 CurrentSession = Annotated[AuthContext, Depends(_required_auth)]
 CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def _mailer(request: Request) -> Mailer:
+    mailer: Mailer = request.app.state.mailer
+    return mailer
+
+
+MailerDep = Annotated[Mailer, Depends(_mailer)]

@@ -59,15 +59,78 @@ class MissingOrigin(AppError):
     message = "Missing or null Origin"
 
 
+class EmailNotVerified(AppError):
+    status_code = 403
+    code = "EMAIL_NOT_VERIFIED"
+    message = "Email not verified"
+
+
+class InvalidPassword(AppError):
+    status_code = 400
+    code = "INVALID_PASSWORD"
+    message = "Invalid password"
+
+
+class CredentialAccountNotFound(AppError):
+    status_code = 400
+    code = "CREDENTIAL_ACCOUNT_NOT_FOUND"
+    message = "Credential account not found"
+
+
+class TokenExpired(AppError):
+    status_code = 400
+    code = "TOKEN_EXPIRED"
+    message = "Token expired"
+
+
+class EmailAlreadyVerified(AppError):
+    status_code = 400
+    code = "EMAIL_ALREADY_VERIFIED"
+    message = "Email is already verified"
+
+
+class EmailMismatch(AppError):
+    status_code = 400
+    code = "EMAIL_MISMATCH"
+    message = "Email mismatch"
+
+
+class EmailNotConfigured(AppError):
+    status_code = 503
+    code = "EMAIL_NOT_CONFIGURED"
+    message = "Sending mail is not configured on this server (set SMTP_HOST)"
+
+
+class InvalidCallbackUrl(AppError):
+    status_code = 403
+    code = "INVALID_CALLBACK_URL"
+    message = "Invalid callbackURL"
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    code = "TOO_MANY_REQUESTS"
+    message = "Too many requests. Please try again later."
+
+
 __all__ = [
+    "CredentialAccountNotFound",
+    "EmailAlreadyVerified",
+    "EmailMismatch",
+    "EmailNotConfigured",
+    "EmailNotVerified",
     "FailedToGetSession",
+    "InvalidCallbackUrl",
     "InvalidEmail",
     "InvalidEmailOrPassword",
     "InvalidOrigin",
+    "InvalidPassword",
     "InvalidToken",
     "MissingOrigin",
     "PasswordTooLong",
     "PasswordTooShort",
+    "TokenExpired",
+    "TooManyRequests",
     "Unauthorized",
     "UserAlreadyExists",
 ]

@@ -3,7 +3,6 @@ trusted origin. Bearer-only clients are not exposed to CSRF and are not checked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from platform_db.auth.errors import InvalidOrigin, MissingOrigin
+from platform_db.errors import send_error
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -64,15 +64,4 @@ class TrustedOriginMiddleware:
         if error is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"code": error.code, "message": error.message}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status_code,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error)

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from platform_db.auth import cookies
-from platform_db.auth.deps import Hasher, OptionalAuth, Settings, _bearer, session_token
+from platform_db.auth.accounts import CREDENTIAL_PROVIDER, new_credential_account
+from platform_db.auth.deps import (
+    Hasher,
+    MailerDep,
+    OptionalAuth,
+    Settings,
+    _bearer,
+    session_token,
+)
+from platform_db.auth.email_routes import router as email_router
+from platform_db.auth.email_routes import send_verification_mail
 from platform_db.auth.errors import (
+    EmailNotVerified,
     FailedToGetSession,
+    InvalidCallbackUrl,
     InvalidEmail,
     InvalidEmailOrPassword,
     PasswordTooLong,
     PasswordTooShort,
     UserAlreadyExists,
 )
-from platform_db.auth.passwords import MAX_LENGTH, MIN_LENGTH
+from platform_db.auth.http import (
+    check_callback_url,
+    check_password_length,
+    clear_session_cookie,
+    client_info,
+    normalize_email,
+    set_session_cookie,
+)
 from platform_db.auth.schemas import (
     SessionWithUser,
     SignInEmail,
@@ -31,81 +49,47 @@ from platform_db.auth.schemas import (
     Success,
     UserRead,
 )
+from platform_db.auth.session_routes import router as session_router
 from platform_db.auth.sessions import SessionPolicy, create_session, revoke_session
 from platform_db.auth.tokens import generate_id
 from platform_db.db import DbSession
-from platform_db.errors import responses
-from platform_db.models import Account, Session, User
-from platform_db.settings import AuthSettings
+from platform_db.errors import error_response, responses
+from platform_db.models import Account, User
 from platform_db.types import utcnow
 
+__all__ = [
+    "CREDENTIAL_PROVIDER",
+    "check_password_length",
+    "clear_session_cookie",
+    "normalize_email",
+    "router",
+    "set_session_cookie",
+]
+
 router = APIRouter(prefix="/api/auth", tags=["auth"])
-
-CREDENTIAL_PROVIDER = "credential"
-_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
-
-
-def normalize_email(email: str) -> str:
-    email = email.strip().lower()
-    if len(email) > 254 or not _EMAIL.match(email):
-        raise InvalidEmail()
-    return email
-
-
-def check_password_length(password: str) -> None:
-    if len(password) < MIN_LENGTH:
-        raise PasswordTooShort()
-    if len(password) > MAX_LENGTH:
-        raise PasswordTooLong()
-
-
-def set_session_cookie(
-    response: Response, settings: AuthSettings, session: Session, *, remember_me: bool = True
-) -> None:
-    response.set_cookie(
-        settings.session_cookie_name,
-        cookies.encode_cookie_value(session.token, settings.auth_secret.get_secret_value()),
-        max_age=settings.session_expires_in if remember_me else None,
-        path="/",
-        domain=settings.cookie_domain,
-        secure=settings.secure_cookies,
-        httponly=True,
-        samesite="lax",
-    )
-
-
-def clear_session_cookie(response: Response, settings: AuthSettings) -> None:
-    response.delete_cookie(
-        settings.session_cookie_name,
-        path="/",
-        domain=settings.cookie_domain,
-        secure=settings.secure_cookies,
-        httponly=True,
-        samesite="lax",
-    )
-
-
-def _client(request: Request) -> tuple[str | None, str | None]:
-    ip = request.client.host if request.client else None
-    return ip, request.headers.get("user-agent")
 
 
 @router.post(
     "/sign-up/email",
     response_model=SignUpResult,
-    responses=responses(InvalidEmail, PasswordTooShort, PasswordTooLong, UserAlreadyExists),
+    responses=responses(
+        InvalidEmail, PasswordTooShort, PasswordTooLong, UserAlreadyExists, InvalidCallbackUrl
+    ),
 )
 async def sign_up_email(
     body: SignUpEmail,
     request: Request,
     response: Response,
+    background: BackgroundTasks,
     db: DbSession,
     settings: Settings,
     hasher: Hasher,
+    mailer: MailerDep,
 ) -> SignUpResult:
-    """Create a user with an email and password, and sign them in."""
+    """Create a user with an email and password and sign them in (unless they must verify)."""
     email = normalize_email(body.email)
     check_password_length(body.password)
+    check_callback_url(body.callback_url, request, settings)
     if (await db.execute(select(col(User.id)).where(col(User.email) == email))).first() is not None:
         raise UserAlreadyExists()
     password_hash = await hasher.hash(body.password)
@@ -119,13 +103,15 @@ async def sign_up_email(
         await db.flush()
     except IntegrityError:  # a concurrent sign-up with the same email won the race
         raise UserAlreadyExists() from None
-    db.add(
-        Account(
-            id=generate_id(), account_id=user.id, provider_id=CREDENTIAL_PROVIDER,
-            user_id=user.id, password=password_hash, created_at=now, updated_at=now,
-        )
-    )  # fmt: skip
-    ip, agent = _client(request)
+    db.add(new_credential_account(user.id, password_hash))
+    if settings.require_email_verification:
+        # No session until the address is proven; the mail goes out after the commit.
+        if mailer.configured:
+            await send_verification_mail(
+                db, background, mailer, request, settings, user, body.callback_url
+            )
+        return SignUpResult(token=None, user=UserRead.model_validate(user))
+    ip, agent = client_info(request)
     session = await create_session(
         db, user.id, SessionPolicy.from_settings(settings),
         ip_address=ip, user_agent=agent, remember_me=body.remember_me,
@@ -137,18 +123,21 @@ async def sign_up_email(
 @router.post(
     "/sign-in/email",
     response_model=SignInResult,
-    responses=responses(InvalidEmail, InvalidEmailOrPassword),
+    responses=responses(InvalidEmail, InvalidEmailOrPassword, EmailNotVerified, InvalidCallbackUrl),
 )
 async def sign_in_email(
     body: SignInEmail,
     request: Request,
     response: Response,
+    background: BackgroundTasks,
     db: DbSession,
     settings: Settings,
     hasher: Hasher,
-) -> SignInResult:
+    mailer: MailerDep,
+) -> SignInResult | JSONResponse:
     """Sign in with an email and password; the session comes back as a cookie and a token."""
     email = normalize_email(body.email)
+    check_callback_url(body.callback_url, request, settings)
     row = (
         await db.execute(
             select(User, col(Account.password))
@@ -165,7 +154,15 @@ async def sign_in_email(
     if not await hasher.verify(stored, body.password) or row is None:
         raise InvalidEmailOrPassword()
     user: User = row[0]
-    ip, agent = _client(request)
+    if settings.require_email_verification and not user.email_verified:
+        if mailer.configured:
+            await send_verification_mail(
+                db, background, mailer, request, settings, user, body.callback_url
+            )
+        # Returned, not raised: the transaction must commit the token the mail carries.
+        err = EmailNotVerified()
+        return error_response(err.status_code, err.code, err.detail)
+    ip, agent = client_info(request)
     session = await create_session(
         db, user.id, SessionPolicy.from_settings(settings),
         ip_address=ip, user_agent=agent, remember_me=body.remember_me,
@@ -206,3 +203,7 @@ async def get_session(
     if ctx.refreshed:
         set_session_cookie(response, settings, ctx.session)
     return SessionWithUser.model_validate({"session": ctx.session, "user": ctx.user})
+
+
+router.include_router(session_router)
+router.include_router(email_router)

@@ -65,3 +65,53 @@ class SessionWithUser(ApiModel):
 
 class Success(ApiModel):
     success: bool
+
+
+class Status(ApiModel):
+    status: bool
+
+
+class StatusMessage(ApiModel):
+    status: bool
+    message: str
+
+
+class RevokeSession(ApiModel):
+    token: str = Field(max_length=512)
+
+
+class ChangePassword(ApiModel):
+    new_password: str = Field(max_length=4096)
+    current_password: str = Field(max_length=4096)
+    # better-auth defaults this to false; we default to true: a changed password usually
+    # means the old one may be known to someone else.
+    revoke_other_sessions: bool = True
+
+
+class ChangePasswordResult(ApiModel):
+    token: str | None
+    user: UserRead
+
+
+class SendVerificationEmail(ApiModel):
+    email: str = Field(max_length=320)
+    callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
+
+
+class VerifyEmailResult(ApiModel):
+    status: bool
+    user: UserRead | None = None
+
+
+class RequestPasswordReset(ApiModel):
+    email: str = Field(max_length=320)
+    redirect_to: str | None = Field(default=None, max_length=2048)
+
+
+class ResetPassword(ApiModel):
+    new_password: str = Field(max_length=4096)
+    token: str | None = Field(default=None, max_length=512)
+
+
+class ResetToken(ApiModel):
+    token: str

@@ -16,6 +16,7 @@ from platform_db.types import utcnow
 
 # rememberMe=false: a one-day session and a cookie that ends with the browser session.
 SHORT_SESSION = timedelta(days=1)
+_SLACK = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,20 @@ class SessionPolicy:
             update_age=timedelta(seconds=settings.session_update_age),
         )
 
+    def is_short(self, session: Session) -> bool:
+        """A `rememberMe: false` session: one day long when it was last set, never slid.
+
+        Read from the row itself, so it holds for bearer clients (which send no
+        dont_remember cookie) and for sessions a better-auth app created.
+        """
+        if self.expires_in <= SHORT_SESSION:
+            return False
+        return session.expires_at - session.updated_at <= SHORT_SESSION + _SLACK
+
     def needs_refresh(self, session: Session, now: datetime) -> bool:
         # better-auth: refresh once `updateAge` has passed since the expiry was last set.
+        if not self.update_age or self.is_short(session):
+            return False
         return session.expires_at - self.expires_in + self.update_age <= now
 
 
@@ -96,7 +109,7 @@ async def validate_session(
     if session.expires_at <= now:
         await db.execute(delete(Session).where(col(Session.id) == session.id))
         return None
-    if policy.update_age and policy.needs_refresh(session, now):
+    if policy.needs_refresh(session, now):
         new_expiry = now + policy.expires_in
         # The guard makes concurrent refreshes of one session a single write.
         await db.execute(
@@ -109,8 +122,26 @@ async def validate_session(
     return AuthContext(session=session, user=user)
 
 
+async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:
+    """The user's unexpired sessions, newest first."""
+    rows = await db.execute(
+        select(Session)
+        .where(col(Session.user_id) == user_id, col(Session.expires_at) > utcnow())
+        .order_by(col(Session.created_at).desc())
+    )
+    return list(rows.scalars())
+
+
 async def revoke_session(db: AsyncSession, token: str) -> bool:
     result = await db.execute(delete(Session).where(col(Session.token) == token))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def revoke_user_session(db: AsyncSession, user_id: str, token: str) -> bool:
+    """Revoke one of `user_id`'s sessions; another user's token is left alone."""
+    result = await db.execute(
+        delete(Session).where(col(Session.token) == token, col(Session.user_id) == user_id)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

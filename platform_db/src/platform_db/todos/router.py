@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -49,9 +49,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, todo_id = json.loads(raw)
         when = datetime.fromisoformat(created)
-        if when.tzinfo is None or not isinstance(todo_id, str):
+        if when.tzinfo is None or not isinstance(todo_id, str) or "\x00" in todo_id:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        when = when.astimezone(UTC)  # out of range once in UTC: OverflowError
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor() from None
     return when, todo_id
 
@@ -68,6 +69,8 @@ def todo_router(model: type[T], *, prefix: str = "/todos", tag: str = "todos") -
         return select(model).where(col(model.user_id) == user.id)
 
     async def _get_owned(db: AsyncSession, user: User, todo_id: str, *, lock: bool = False) -> T:
+        if "\x00" in todo_id:  # no id holds a NUL; Postgres text cannot even compare one
+            raise TodoNotFound()
         stmt = _owned(user).where(col(model.id) == todo_id)
         if lock:
             stmt = stmt.with_for_update()

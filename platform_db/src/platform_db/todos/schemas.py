@@ -10,8 +10,13 @@ from pydantic import ConfigDict, StringConstraints, model_validator
 from platform_db.schemas import ApiModel
 from platform_db.todos.models import DESCRIPTION_MAX, TITLE_MAX
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
+# Postgres text cannot hold NUL: refuse it as a validation error, not a database error.
+_NO_NUL = r"^[^\x00]*$"
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX, pattern=_NO_NUL),
+]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, pattern=_NO_NUL)]
 
 
 class _Input(ApiModel):

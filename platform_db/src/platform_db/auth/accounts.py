@@ -1,0 +1,54 @@
+"""Users and their credential (email and password) accounts, as better-auth stores them."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from platform_db.auth.tokens import generate_id
+from platform_db.models import Account, User
+from platform_db.types import utcnow
+
+CREDENTIAL_PROVIDER = "credential"
+
+
+async def find_user_by_email(db: AsyncSession, email: str) -> User | None:
+    return (await db.execute(select(User).where(col(User.email) == email))).scalar_one_or_none()
+
+
+async def credential_account(db: AsyncSession, user_id: str) -> Account | None:
+    stmt = select(Account).where(
+        col(Account.user_id) == user_id, col(Account.provider_id) == CREDENTIAL_PROVIDER
+    )
+    return (await db.execute(stmt)).scalars().first()
+
+
+def new_credential_account(user_id: str, password_hash: str) -> Account:
+    now = utcnow()
+    return Account(
+        id=generate_id(),
+        account_id=user_id,
+        provider_id=CREDENTIAL_PROVIDER,
+        user_id=user_id,
+        password=password_hash,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def set_password(db: AsyncSession, user_id: str, password_hash: str) -> None:
+    """Store a new password hash, creating the credential account if the user has none."""
+    account = await credential_account(db, user_id)
+    if account is None:
+        db.add(new_credential_account(user_id, password_hash))
+    else:
+        account.password, account.updated_at = password_hash, utcnow()
+    await db.flush()
+
+
+async def mark_email_verified(db: AsyncSession, user_id: str) -> bool:
+    result = await db.execute(
+        update(User).where(col(User.id) == user_id).values(email_verified=True, updated_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,266 @@
+"""Email verification and password reset, with single-use tokens in the `verification` table.
+
+Mail is sent after the response, once the transaction holding its token has committed, so
+the answer (and its timing) does not tell whether an address has an account.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from platform_db.auth import verification
+from platform_db.auth.accounts import find_user_by_email, mark_email_verified, set_password
+from platform_db.auth.deps import Hasher, MailerDep, OptionalAuth, Settings
+from platform_db.auth.errors import (
+    EmailAlreadyVerified,
+    EmailMismatch,
+    EmailNotConfigured,
+    InvalidCallbackUrl,
+    InvalidEmail,
+    InvalidToken,
+    PasswordTooLong,
+    PasswordTooShort,
+    TokenExpired,
+)
+from platform_db.auth.http import (
+    base_url,
+    check_callback_url,
+    check_password_length,
+    normalize_email,
+    with_query,
+)
+from platform_db.auth.mail import Mail, Mailer, deliver
+from platform_db.auth.schemas import (
+    RequestPasswordReset,
+    ResetPassword,
+    ResetToken,
+    SendVerificationEmail,
+    Status,
+    StatusMessage,
+    VerifyEmailResult,
+)
+from platform_db.auth.sessions import revoke_user_sessions
+from platform_db.db import DbSession
+from platform_db.errors import AppError, responses
+from platform_db.models import User
+from platform_db.settings import AuthSettings
+
+router = APIRouter()
+
+RESET_MESSAGE = "If this email exists in our system, check your email for the reset link"
+
+
+def _require_mail(mailer: Mailer) -> None:
+    if not mailer.configured:
+        raise EmailNotConfigured()
+
+
+async def send_verification_mail(
+    db: AsyncSession,
+    background: BackgroundTasks,
+    mailer: Mailer,
+    request: Request,
+    settings: AuthSettings,
+    user: User,
+    callback_url: str | None,
+) -> None:
+    """Issue a verification token for `user` and mail its link once the request commits."""
+    token = await verification.issue(
+        db,
+        verification.EMAIL_VERIFICATION,
+        user.id,
+        timedelta(seconds=settings.email_verification_expires_in),
+        length=32,
+    )
+    link = f"{base_url(request, settings)}/verify-email?token={token}"
+    if callback_url:
+        link += f"&callbackURL={quote(callback_url, safe='')}"
+    text = (
+        f"Hello {user.name},\n\nOpen this link to verify your email address:\n{link}\n\n"
+        "If you did not sign up, ignore this mail.\n"
+    )
+    background.add_task(deliver, mailer, Mail(user.email, "Verify your email address", text))
+
+
+@router.post(
+    "/send-verification-email",
+    response_model=Status,
+    responses=responses(
+        InvalidEmail, EmailMismatch, EmailAlreadyVerified, InvalidCallbackUrl, EmailNotConfigured
+    ),
+)
+async def send_verification_email(
+    body: SendVerificationEmail,
+    request: Request,
+    background: BackgroundTasks,
+    ctx: OptionalAuth,
+    db: DbSession,
+    settings: Settings,
+    mailer: MailerDep,
+) -> Status:
+    """Mail a verification link; without a session the answer is the same for any address."""
+    _require_mail(mailer)
+    email = normalize_email(body.email)
+    check_callback_url(body.callback_url, request, settings)
+    if ctx is not None:
+        if ctx.user.email != email:
+            raise EmailMismatch()
+        if ctx.user.email_verified:
+            raise EmailAlreadyVerified()
+        user: User | None = ctx.user
+    else:
+        user = await find_user_by_email(db, email)
+    if user is not None and not user.email_verified:
+        await send_verification_mail(
+            db, background, mailer, request, settings, user, body.callback_url
+        )
+    return Status(status=True)
+
+
+def _fail(error: type[AppError], callback_url: str | None) -> RedirectResponse:
+    if callback_url:
+        return RedirectResponse(with_query(callback_url, error=error.code), status_code=302)
+    raise error()
+
+
+@router.get(
+    "/verify-email",
+    response_model=VerifyEmailResult,
+    responses={
+        **responses(InvalidToken, TokenExpired, InvalidCallbackUrl),
+        302: {"description": "To callbackURL, with ?error=CODE on failure"},
+    },
+)
+async def verify_email(
+    request: Request,
+    db: DbSession,
+    settings: Settings,
+    token: Annotated[str, Query(max_length=4096)],
+    callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
+) -> VerifyEmailResult | RedirectResponse:
+    """Mark the address verified with the token from the mail (ours, or a better-auth app's)."""
+    check_callback_url(callback_url, request, settings)
+    user_id: str | None = None
+    used = await verification.consume(db, verification.EMAIL_VERIFICATION, token)
+    if used is not None:
+        if used.expired:
+            return _fail(TokenExpired, callback_url)
+        user_id = used.value
+    else:
+        secret = settings.auth_secret.get_secret_value()
+        try:
+            claims = verification.verify_better_auth_jwt(token, secret)
+        except verification.JwtExpired:
+            return _fail(TokenExpired, callback_url)
+        # A change-email token (updateTo) is a flow we do not offer: refuse it.
+        if (
+            claims is not None
+            and isinstance(claims.get("email"), str)
+            and not claims.get("updateTo")
+        ):
+            found = await db.execute(
+                select(col(User.id)).where(col(User.email) == claims["email"].lower())
+            )
+            user_id = found.scalar_one_or_none()
+            if claims.get("userId") not in (None, user_id):
+                user_id = None
+    if user_id is None or not await mark_email_verified(db, user_id):
+        return _fail(InvalidToken, callback_url)
+    if callback_url:
+        return RedirectResponse(callback_url, status_code=302)
+    return VerifyEmailResult(status=True, user=None)
+
+
+@router.post(
+    "/request-password-reset",
+    response_model=StatusMessage,
+    responses=responses(InvalidEmail, InvalidCallbackUrl, EmailNotConfigured),
+)
+async def request_password_reset(
+    body: RequestPasswordReset,
+    request: Request,
+    background: BackgroundTasks,
+    db: DbSession,
+    settings: Settings,
+    mailer: MailerDep,
+) -> StatusMessage:
+    """Mail a one-hour reset link; the answer is the same whether the address has an account."""
+    _require_mail(mailer)
+    email = normalize_email(body.email)
+    check_callback_url(body.redirect_to, request, settings)
+    user = await find_user_by_email(db, email)
+    if user is not None:
+        token = await verification.issue(
+            db,
+            verification.RESET_PASSWORD,
+            user.id,
+            timedelta(seconds=settings.reset_password_expires_in),
+        )
+        link = f"{base_url(request, settings)}/reset-password/{token}"
+        if body.redirect_to:
+            link += f"?callbackURL={quote(body.redirect_to, safe='')}"
+        text = (
+            f"Hello {user.name},\n\nOpen this link to choose a new password:\n{link}\n\n"
+            "It works once, for one hour. If you did not ask for it, ignore this mail.\n"
+        )
+        background.add_task(deliver, mailer, Mail(user.email, "Reset your password", text))
+    return StatusMessage(status=True, message=RESET_MESSAGE)
+
+
+@router.get(
+    "/reset-password/{token}",
+    response_model=ResetToken,
+    responses={
+        **responses(InvalidToken, InvalidCallbackUrl),
+        302: {"description": "To callbackURL with ?token=..., or ?error=INVALID_TOKEN"},
+    },
+)
+async def reset_password_link(
+    token: str,
+    request: Request,
+    db: DbSession,
+    settings: Settings,
+    callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
+) -> ResetToken | RedirectResponse:
+    """The link in the reset mail: on to the app's reset page with the token, if it is live."""
+    check_callback_url(callback_url, request, settings)
+    if not await verification.peek(db, verification.RESET_PASSWORD, token):
+        return _fail(InvalidToken, callback_url)
+    if callback_url:
+        return RedirectResponse(with_query(callback_url, token=token), status_code=302)
+    return ResetToken(token=token)
+
+
+@router.post(
+    "/reset-password",
+    response_model=Status,
+    responses=responses(InvalidToken, PasswordTooShort, PasswordTooLong),
+)
+async def reset_password(
+    body: ResetPassword,
+    db: DbSession,
+    hasher: Hasher,
+    token_query: Annotated[str | None, Query(alias="token", max_length=512)] = None,
+) -> Status:
+    """Set a new password with a reset token (single use); every session of the user ends."""
+    token = body.token or token_query
+    if not token:
+        raise InvalidToken()
+    check_password_length(body.new_password)
+    used = await verification.consume(db, verification.RESET_PASSWORD, token)
+    if used is None or used.expired:
+        raise InvalidToken()
+    user = await db.get(User, used.value)
+    if user is None:
+        raise InvalidToken()
+    await set_password(db, user.id, await hasher.hash(body.new_password))
+    await revoke_user_sessions(db, user.id)
+    return Status(status=True)

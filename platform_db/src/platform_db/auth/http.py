@@ -1,0 +1,116 @@
+"""What the auth routes share: input checks, the session cookies, links back to this server."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fastapi import Request, Response
+
+from platform_db.auth import cookies
+from platform_db.auth.errors import (
+    InvalidCallbackUrl,
+    InvalidEmail,
+    PasswordTooLong,
+    PasswordTooShort,
+)
+from platform_db.auth.passwords import MAX_LENGTH, MIN_LENGTH
+from platform_db.models import Session
+from platform_db.settings import AuthSettings
+
+_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise InvalidEmail()
+    return email
+
+
+def check_password_length(password: str) -> None:
+    if len(password) < MIN_LENGTH:
+        raise PasswordTooShort()
+    if len(password) > MAX_LENGTH:
+        raise PasswordTooLong()
+
+
+def set_session_cookie(
+    response: Response, settings: AuthSettings, session: Session, *, remember_me: bool = True
+) -> None:
+    """better-auth's cookies; `remember_me=False` makes them end with the browser session."""
+    secret = settings.auth_secret.get_secret_value()
+    response.set_cookie(
+        settings.session_cookie_name,
+        cookies.encode_cookie_value(session.token, secret),
+        max_age=settings.session_expires_in if remember_me else None,
+        path="/",
+        domain=settings.cookie_domain,
+        secure=settings.secure_cookies,
+        httponly=True,
+        samesite="lax",
+    )
+    if not remember_me:
+        # better-auth reads this to keep a browser-session login from sliding to 7 days.
+        response.set_cookie(
+            settings.dont_remember_cookie_name,
+            cookies.encode_cookie_value("true", secret),
+            path="/",
+            domain=settings.cookie_domain,
+            secure=settings.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+
+
+def clear_session_cookie(response: Response, settings: AuthSettings) -> None:
+    for name in (settings.session_cookie_name, settings.dont_remember_cookie_name):
+        response.delete_cookie(
+            name,
+            path="/",
+            domain=settings.cookie_domain,
+            secure=settings.secure_cookies,
+            httponly=True,
+            samesite="lax",
+        )
+
+
+def client_info(request: Request) -> tuple[str | None, str | None]:
+    """The caller's address (as uvicorn's trusted proxy headers give it) and user agent."""
+    ip = request.client.host if request.client else None
+    return ip, request.headers.get("user-agent")
+
+
+def base_url(request: Request, settings: AuthSettings) -> str:
+    """Where this server's /api/auth lives, for links in mails."""
+    root = settings.auth_url or str(request.base_url)
+    return root.rstrip("/") + "/api/auth"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def check_callback_url(url: str | None, request: Request, settings: AuthSettings) -> None:
+    """A redirect target must be a path on this site or a trusted origin (no open redirect)."""
+    if not url:
+        return
+    if url.startswith("/") and not url.startswith("//") and "\\" not in url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        allowed = {o.lower() for o in settings.trusted_origins}
+        allowed.add(_origin(str(request.base_url)))
+        if settings.auth_url:
+            allowed.add(_origin(settings.auth_url))
+        if _origin(url) in allowed:
+            return
+    raise InvalidCallbackUrl()
+
+
+def with_query(url: str, **params: str) -> str:
+    """`url` with `params` added to its query string."""
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))

@@ -1,0 +1,115 @@
+"""A signed-in user's sessions and password: list, revoke one, others or all; change password."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from platform_db.auth.accounts import credential_account
+from platform_db.auth.deps import CurrentSession, Hasher, Settings
+from platform_db.auth.errors import (
+    CredentialAccountNotFound,
+    InvalidPassword,
+    PasswordTooLong,
+    PasswordTooShort,
+    Unauthorized,
+)
+from platform_db.auth.http import (
+    check_password_length,
+    clear_session_cookie,
+    client_info,
+    set_session_cookie,
+)
+from platform_db.auth.schemas import (
+    ChangePassword,
+    ChangePasswordResult,
+    RevokeSession,
+    SessionRead,
+    Status,
+    UserRead,
+)
+from platform_db.auth.sessions import (
+    SessionPolicy,
+    create_session,
+    list_sessions,
+    revoke_user_session,
+    revoke_user_sessions,
+)
+from platform_db.db import DbSession
+from platform_db.errors import responses
+from platform_db.types import utcnow
+
+router = APIRouter(responses=responses(Unauthorized))
+
+
+@router.get("/list-sessions", response_model=list[SessionRead])
+async def list_my_sessions(ctx: CurrentSession, db: DbSession) -> list[SessionRead]:
+    """The signed-in user's active sessions, on every device, newest first."""
+    return [SessionRead.model_validate(s) for s in await list_sessions(db, ctx.user.id)]
+
+
+@router.post("/revoke-session", response_model=Status)
+async def revoke_one_session(
+    body: RevokeSession, ctx: CurrentSession, db: DbSession, response: Response, settings: Settings
+) -> Status:
+    """End one of the signed-in user's sessions (another user's token is ignored)."""
+    await revoke_user_session(db, ctx.user.id, body.token)
+    if body.token == ctx.session.token:
+        clear_session_cookie(response, settings)
+    return Status(status=True)
+
+
+@router.post("/revoke-sessions", response_model=Status)
+async def revoke_all_sessions(
+    ctx: CurrentSession, db: DbSession, response: Response, settings: Settings
+) -> Status:
+    """End every session of the signed-in user, this one included."""
+    await revoke_user_sessions(db, ctx.user.id)
+    clear_session_cookie(response, settings)
+    return Status(status=True)
+
+
+@router.post("/revoke-other-sessions", response_model=Status)
+async def revoke_other_sessions(ctx: CurrentSession, db: DbSession) -> Status:
+    """End every session of the signed-in user except this one."""
+    await revoke_user_sessions(db, ctx.user.id, keep_token=ctx.session.token)
+    return Status(status=True)
+
+
+@router.post(
+    "/change-password",
+    response_model=ChangePasswordResult,
+    responses=responses(
+        PasswordTooShort, PasswordTooLong, InvalidPassword, CredentialAccountNotFound
+    ),
+)
+async def change_password(
+    body: ChangePassword,
+    ctx: CurrentSession,
+    request: Request,
+    response: Response,
+    db: DbSession,
+    settings: Settings,
+    hasher: Hasher,
+) -> ChangePasswordResult:
+    """Change the password (the current one is required); other sessions end by default."""
+    check_password_length(body.new_password)
+    if len(body.current_password) > 128:
+        raise PasswordTooLong()
+    account = await credential_account(db, ctx.user.id)
+    if account is None or not account.password:
+        raise CredentialAccountNotFound()
+    if not await hasher.verify(account.password, body.current_password):
+        raise InvalidPassword()
+    account.password, account.updated_at = await hasher.hash(body.new_password), utcnow()
+    token: str | None = None
+    if body.revoke_other_sessions:
+        # As better-auth: every session ends, this one too, and a fresh one replaces it, so a
+        # token that leaked with the old password is useless.
+        await revoke_user_sessions(db, ctx.user.id)
+        ip, agent = client_info(request)
+        session = await create_session(
+            db, ctx.user.id, SessionPolicy.from_settings(settings), ip_address=ip, user_agent=agent
+        )
+        set_session_cookie(response, settings, session)
+        token = session.token
+    return ChangePasswordResult(token=token, user=UserRead.model_validate(ctx.user))
