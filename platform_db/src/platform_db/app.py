@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from platform_db.auth.cache import SessionCache, SessionListener
 from platform_db.auth.mail import create_mailer
 from platform_db.auth.origin import TrustedOriginMiddleware
 from platform_db.auth.passwords import PasswordHasher
 from platform_db.auth.ratelimit import RateLimitMiddleware, rules_from
 from platform_db.auth.router import router as auth_router
-from platform_db.db import Database, create_engine
+from platform_db.auth.sessions import SessionPolicy
+from platform_db.db import Database, asyncpg_dsn, create_engine
 from platform_db.errors import install_error_handlers
 from platform_db.health import router as health_router
 from platform_db.migrate import MigrationTree
@@ -41,9 +43,21 @@ def create_app(
         app.state.db = Database(create_engine(settings))
         app.state.hasher = PasswordHasher(settings.password_hash_concurrency)
         app.state.mailer = create_mailer(settings)
+        app.state.session_policy = SessionPolicy.from_settings(settings)
+        app.state.session_cache = cache = SessionCache(
+            settings.session_cache_size, settings.session_cache_ttl
+        )
+        listener: SessionListener | None = None
+        if settings.session_cache_size > 0:
+            dsn, connect_kwargs = asyncpg_dsn(settings.database_url)
+            listener = SessionListener(dsn, cache, connect_kwargs=connect_kwargs)
+            listener.start()
+        app.state.session_listener = listener
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             app.state.hasher.close()
             await app.state.db.dispose()
 

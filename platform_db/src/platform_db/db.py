@@ -28,6 +28,17 @@ def async_url(url: str) -> str:
     return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
 
 
+def asyncpg_dsn(url: str) -> tuple[str, dict[str, object]]:
+    """A DSN and keyword arguments for `asyncpg.connect` (for connections outside the pool)."""
+    parts = urlsplit(async_url(url))
+    query = dict(parse_qsl(parts.query))
+    kwargs: dict[str, object] = {}
+    if "ssl" in query:
+        kwargs["ssl"] = query.pop("ssl")
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(query), ""))
+    return dsn, kwargs
+
+
 def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
     options: dict[str, object] = {
         "pool_size": settings.db_pool_size,

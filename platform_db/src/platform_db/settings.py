@@ -71,6 +71,10 @@ class AuthSettings(DatabaseSettings):
         validation_alias="PASSWORD_HASH_CONCURRENCY",
     )
 
+    # Validated sessions cached per process, evicted through LISTEN/NOTIFY; 0 turns it off.
+    session_cache_size: int = Field(default=10_000, ge=0, validation_alias="SESSION_CACHE_SIZE")
+    session_cache_ttl: float = Field(default=300.0, gt=0, validation_alias="SESSION_CACHE_TTL")
+
     # Links in mails point here (better-auth's baseURL); default: the URL the request came to.
     auth_url: str | None = Field(
         default=None, validation_alias=AliasChoices("AUTH_URL", "BETTER_AUTH_URL")

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from platform_db.auth import cookies
+from platform_db.auth.cache import SessionCache
 from platform_db.auth.mail import Mailer
 from platform_db.auth.passwords import PasswordHasher
 from platform_db.auth.sessions import AuthContext, SessionPolicy, validate_session
@@ -15,6 +16,7 @@ from platform_db.db import DbSession
 from platform_db.errors import Unauthorized
 from platform_db.models import User
 from platform_db.settings import AuthSettings
+from platform_db.types import utcnow
 
 
 def _settings(request: Request) -> AuthSettings:
@@ -61,10 +63,23 @@ async def _optional_auth(
     token = session_token(request, settings, bearer)
     if token is None:
         return None
-    ctx = await validate_session(db, token, SessionPolicy.from_settings(settings))
+    policy: SessionPolicy = request.app.state.session_policy
+    cache: SessionCache = request.app.state.session_cache
+    hit = cache.get(token)
+    if hit is not None:
+        # Steady state: no query at all. Expiry and the sliding refresh are still checked.
+        now = utcnow()
+        if hit.session.expires_at > now and not policy.needs_refresh(hit.session, now):
+            return AuthContext(session=hit.session, user=hit.user)
+        cache.evict_token(token)
+    generation = cache.generation
+    ctx = await validate_session(db, token, policy)
     if ctx is None:
         # Persist the deletion of an expired session even though the request will fail.
         await db.commit()
+        return None
+    if not ctx.refreshed:  # a refresh is not committed yet; its NOTIFY evicts anyway
+        cache.put(token, ctx.session, ctx.user, generation)
     return ctx
 
 
@@ -83,6 +98,15 @@ async def _current_user(ctx: Annotated[AuthContext, Depends(_required_auth)]) ->
 OptionalAuth = Annotated[AuthContext | None, Depends(_optional_auth)]
 CurrentSession = Annotated[AuthContext, Depends(_required_auth)]
 CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def _session_cache(request: Request) -> SessionCache:
+    cache: SessionCache = request.app.state.session_cache
+    return cache
+
+
+# For routes that end sessions: evict in this process at once, before the NOTIFY comes back.
+Cache = Annotated[SessionCache, Depends(_session_cache)]
 
 
 def _mailer(request: Request) -> Mailer:

@@ -18,7 +18,7 @@ from sqlmodel import col
 
 from platform_db.auth import verification
 from platform_db.auth.accounts import find_user_by_email, mark_email_verified, set_password
-from platform_db.auth.deps import Hasher, MailerDep, OptionalAuth, Settings
+from platform_db.auth.deps import Cache, Hasher, MailerDep, OptionalAuth, Settings
 from platform_db.auth.errors import (
     EmailAlreadyVerified,
     EmailMismatch,
@@ -248,6 +248,7 @@ async def reset_password(
     body: ResetPassword,
     db: DbSession,
     hasher: Hasher,
+    cache: Cache,
     token_query: Annotated[str | None, Query(alias="token", max_length=512)] = None,
 ) -> Status:
     """Set a new password with a reset token (single use); every session of the user ends."""
@@ -263,4 +264,5 @@ async def reset_password(
         raise InvalidToken()
     await set_password(db, user.id, await hasher.hash(body.new_password))
     await revoke_user_sessions(db, user.id)
+    cache.evict_user(user.id)
     return Status(status=True)

@@ -13,6 +13,7 @@ from sqlmodel import col
 
 from platform_db.auth.accounts import CREDENTIAL_PROVIDER, new_credential_account
 from platform_db.auth.deps import (
+    Cache,
     Hasher,
     MailerDep,
     OptionalAuth,
@@ -183,12 +184,14 @@ async def sign_out(
     db: DbSession,
     settings: Settings,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cache: Cache,
 ) -> Success:
     """End the current session, in every service at once."""
     token = session_token(request, settings, bearer)
     if token is None:
         raise FailedToGetSession()
     await revoke_session(db, token)
+    cache.evict_token(token)
     clear_session_cookie(response, settings)
     return Success(success=True)
 

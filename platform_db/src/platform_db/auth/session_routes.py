@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from platform_db.auth.accounts import credential_account
-from platform_db.auth.deps import CurrentSession, Hasher, Settings
+from platform_db.auth.deps import Cache, CurrentSession, Hasher, Settings
 from platform_db.auth.errors import (
     CredentialAccountNotFound,
     InvalidPassword,
@@ -49,10 +49,16 @@ async def list_my_sessions(ctx: CurrentSession, db: DbSession) -> list[SessionRe
 
 @router.post("/revoke-session", response_model=Status)
 async def revoke_one_session(
-    body: RevokeSession, ctx: CurrentSession, db: DbSession, response: Response, settings: Settings
+    body: RevokeSession,
+    ctx: CurrentSession,
+    db: DbSession,
+    response: Response,
+    settings: Settings,
+    cache: Cache,
 ) -> Status:
     """End one of the signed-in user's sessions (another user's token is ignored)."""
-    await revoke_user_session(db, ctx.user.id, body.token)
+    if await revoke_user_session(db, ctx.user.id, body.token):
+        cache.evict_token(body.token)
     if body.token == ctx.session.token:
         clear_session_cookie(response, settings)
     return Status(status=True)
@@ -60,18 +66,20 @@ async def revoke_one_session(
 
 @router.post("/revoke-sessions", response_model=Status)
 async def revoke_all_sessions(
-    ctx: CurrentSession, db: DbSession, response: Response, settings: Settings
+    ctx: CurrentSession, db: DbSession, response: Response, settings: Settings, cache: Cache
 ) -> Status:
     """End every session of the signed-in user, this one included."""
     await revoke_user_sessions(db, ctx.user.id)
+    cache.evict_user(ctx.user.id)
     clear_session_cookie(response, settings)
     return Status(status=True)
 
 
 @router.post("/revoke-other-sessions", response_model=Status)
-async def revoke_other_sessions(ctx: CurrentSession, db: DbSession) -> Status:
+async def revoke_other_sessions(ctx: CurrentSession, db: DbSession, cache: Cache) -> Status:
     """End every session of the signed-in user except this one."""
     await revoke_user_sessions(db, ctx.user.id, keep_token=ctx.session.token)
+    cache.evict_user(ctx.user.id)
     return Status(status=True)
 
 
@@ -90,6 +98,7 @@ async def change_password(
     db: DbSession,
     settings: Settings,
     hasher: Hasher,
+    cache: Cache,
 ) -> ChangePasswordResult:
     """Change the password (the current one is required); other sessions end by default."""
     check_password_length(body.new_password)
@@ -106,6 +115,7 @@ async def change_password(
         # As better-auth: every session ends, this one too, and a fresh one replaces it, so a
         # token that leaked with the old password is useless.
         await revoke_user_sessions(db, ctx.user.id)
+        cache.evict_user(ctx.user.id)
         ip, agent = client_info(request)
         session = await create_session(
             db, ctx.user.id, SessionPolicy.from_settings(settings), ip_address=ip, user_agent=agent
