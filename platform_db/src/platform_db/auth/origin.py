@@ -4,9 +4,9 @@ trusted origin. Bearer-only clients are not exposed to CSRF and are not checked.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from platform_db.auth.errors import InvalidOrigin, MissingOrigin
@@ -31,13 +31,12 @@ class TrustedOriginMiddleware:
         self.trusted = frozenset(o.lower().rstrip("/") for o in trusted_origins)
 
     def _has_session_cookie(self, raw: str) -> bool:
-        if not any(name in raw for name in self.cookie_names):
+        if not raw:
             return False
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(raw)
-        except Exception:  # a malformed Cookie header carries no usable session either
-            return False
+        # The parser request.cookies (so authentication) uses: a lenient one. A stricter one
+        # here would stop at a malformed cookie placed first, and a cookie the session
+        # dependency can still read would slip past this check.
+        jar = cookie_parser(raw)
         return any(name in jar for name in self.cookie_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
