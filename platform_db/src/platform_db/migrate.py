@@ -53,6 +53,12 @@ class MigrationTree:
     owned_tables: frozenset[str] | None = None  # None: every table in `schema`
     requires: tuple[MigrationTree, ...] = field(default=())
     create_schema: bool = False
+    # The revision a database made by someone else's tooling already matches (better-auth's
+    # schema for the platform): `stamp` with no revision records it, then migrates the rest.
+    baseline: str | None = None
+    # (table, trigger) pairs the migrations create and autogenerate cannot see; `check`
+    # verifies them, so a database stamped past them is not taken for complete.
+    triggers: tuple[tuple[str, str], ...] = ()
 
     @property
     def lock_key(self) -> int:
@@ -353,6 +359,72 @@ async def stamp(tree: MigrationTree, url: str, revision: str = "head") -> tuple[
         await engine.dispose()
 
 
+async def adopt(tree: MigrationTree, url: str, *, lock_timeout: float = 300.0) -> tuple[str, ...]:
+    """Take over a database whose tables another tool created: stamp the baseline, migrate on.
+
+    The database must have every table of the baseline and no revision recorded yet.
+    """
+    if tree.baseline is None:
+        raise MigrationError(f"{tree.name}: no baseline to adopt; give a revision to stamp")
+    engine = _engine(url)
+    try:
+        async with _AdvisoryLock(engine, tree, lock_timeout) as conn:
+            found = await current_heads(conn, tree)
+            await conn.commit()
+            if found:
+                raise MigrationError(
+                    f"{tree.name}: the database is already at {' '.join(found)}; "
+                    f"run `{tree.name} migrate` instead"
+                )
+            names = sorted(tree.owned_tables or ())
+            present = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT table_name FROM information_schema.tables "
+                            "WHERE table_schema = :schema AND table_name = ANY(:names)"
+                        ),
+                        {"schema": tree.schema, "names": names},
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            await conn.commit()
+            missing = sorted(set(names) - set(present))
+            if missing:
+                raise MigrationError(
+                    f"{tree.name}: cannot adopt: table(s) {', '.join(missing)} do not exist. "
+                    f"For an empty database run `{tree.name} migrate`."
+                )
+            baseline = tree.baseline
+            await _run_alembic(engine, tree, lambda cfg: command.stamp(cfg, baseline))
+            await _run_alembic(engine, tree, lambda cfg: command.upgrade(cfg, "head"))
+            async with engine.connect() as check_conn:
+                return await current_heads(check_conn, tree)
+    finally:
+        await engine.dispose()
+
+
+async def missing_triggers(conn: AsyncConnection, tree: MigrationTree) -> list[str]:
+    """The tree's triggers that are not in the database."""
+    if not tree.triggers:
+        return []
+    rows = await conn.execute(
+        text(
+            "SELECT c.relname, t.tgname FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND NOT t.tgisinternal"
+        ),
+        {"schema": tree.schema},
+    )
+    present = {(r[0], r[1]) for r in rows}
+    return [
+        f"{table}.{trigger}" for table, trigger in tree.triggers if (table, trigger) not in present
+    ]
+
+
 def diff(tree: MigrationTree, sync_conn: Connection) -> list[Any]:
     """The operations autogenerate would emit for `tree` against this connection's database."""
     from alembic.autogenerate import compare_metadata
@@ -380,7 +452,19 @@ async def check(tree: MigrationTree, url: str) -> None:
                     f"the migrations' head is {', '.join(expected)}; run `{tree.name} migrate`"
                 )
             ops = await conn.run_sync(lambda c: diff(tree, c))
+            absent = await missing_triggers(conn, tree)
             await conn.rollback()
+        if absent:
+            hint = (
+                f"`{tree.name} stamp {tree.baseline}` then `{tree.name} migrate`"
+                if tree.baseline
+                else f"`{tree.name} downgrade` and `{tree.name} migrate`"
+            )
+            raise MigrationError(
+                f"{tree.name}: the database is stamped at head but lacks trigger(s) "
+                f"{', '.join(absent)} that the migrations create (was it stamped past them?). "
+                f"Run {hint}."
+            )
         if ops:
             lines = "\n".join(f"  {op!r}" for op in ops)
             raise MigrationError(
