@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
@@ -21,6 +22,28 @@ from platform_db.health import router as health_router
 from platform_db.migrate import MigrationTree
 from platform_db.settings import AuthSettings
 from platform_db.trees import PLATFORM
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """FastAPI documents every 422 as its own `{"detail": [...]}`; our handler answers ErrorBody."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                response = operation.get("responses", {}).get("422", {})
+                media = response.get("content", {}).get("application/json", {})
+                if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+                    response["description"] = "VALIDATION_ERROR"
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -85,4 +108,5 @@ def create_app(
     app.include_router(auth_router)
     for router in routers:
         app.include_router(router)
+    _document_error_shape(app)
     return app

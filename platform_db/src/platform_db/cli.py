@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
+from platform_db.db import async_url
 from platform_db.migrate import MigrationError, MigrationTree
 from platform_db.settings import DatabaseSettings
 
@@ -20,12 +22,17 @@ log = logging.getLogger(__name__)
 
 def _settings() -> DatabaseSettings:
     try:
-        return DatabaseSettings()
+        settings = DatabaseSettings()
     except ValidationError as exc:
         missing = ", ".join(str(e["loc"][0]) for e in exc.errors())
         raise MigrationError(
             f"invalid or missing setting: {missing} (set it in the environment)"
         ) from None
+    try:
+        async_url(settings.database_url)
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from None
+    return settings
 
 
 def build_parser(tree: MigrationTree, description: str) -> argparse.ArgumentParser:
@@ -130,6 +137,10 @@ def main_for(
         return 1
     except (OSError, ConnectionError) as exc:
         print(f"error: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        # A wrong database name or user, or a migration's SQL failing: one line, no traceback.
+        print(f"error: the database refused the command: {exc.orig}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

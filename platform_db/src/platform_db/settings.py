@@ -6,7 +6,7 @@ import os
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -89,8 +89,8 @@ class AuthSettings(DatabaseSettings):
         default=3600, gt=0, validation_alias="RESET_PASSWORD_EXPIRES_IN"
     )
 
-    # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development and test,
-    # and refused (503 EMAIL_NOT_CONFIGURED) in production rather than silently dropped.
+    # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development, and
+    # refused elsewhere (503 EMAIL_NOT_CONFIGURED) rather than silently dropped.
     smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
     smtp_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="SMTP_PORT")
     smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
@@ -116,6 +116,16 @@ class AuthSettings(DatabaseSettings):
     def _rate(cls, value: str) -> str:
         parse_rate(value)
         return value
+
+    @model_validator(mode="after")
+    def _verification_needs_mail(self) -> AuthSettings:
+        no_mail = not self.smtp_host and self.environment != "development"
+        if self.require_email_verification and no_mail:
+            raise ValueError(
+                "REQUIRE_EMAIL_VERIFICATION needs SMTP_HOST: without mail nobody could "
+                "verify, so nobody could sign in"
+            )
+        return self
 
     @field_validator("trusted_origins", mode="before")
     @classmethod

@@ -46,8 +46,9 @@ def session_token(
     secret = settings.auth_secret.get_secret_value()
     if bearer is not None and bearer.credentials:
         value = bearer.credentials
-        # better-auth's bearer plugin accepts the raw token or the signed `token.sig` form.
-        return cookies.unsign(value, secret) if "." in value else value
+        # better-auth's bearer plugin accepts the raw token or the signed `token.sig` form,
+        # URL-encoded (the cookie's own value) or not.
+        return cookies.decode_cookie_value(value, secret) if "." in value else value
     raw = request.cookies.get(settings.session_cookie_name)
     if raw:
         return cookies.decode_cookie_value(raw, secret)

@@ -143,6 +143,7 @@ async def verify_email(
     request: Request,
     db: DbSession,
     settings: Settings,
+    cache: Cache,
     token: Annotated[str, Query(max_length=4096)],
     callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
 ) -> VerifyEmailResult | RedirectResponse:
@@ -174,6 +175,7 @@ async def verify_email(
                 user_id = None
     if user_id is None or not await mark_email_verified(db, user_id):
         return _fail(InvalidToken, callback_url)
+    cache.evict_user(user_id)  # this process's cached user says unverified
     if callback_url:
         return RedirectResponse(callback_url, status_code=302)
     return VerifyEmailResult(status=True, user=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import Request, Response
@@ -35,44 +36,60 @@ def check_password_length(password: str) -> None:
         raise PasswordTooLong()
 
 
+def _cookie_options(settings: AuthSettings) -> dict[str, Any]:
+    return {
+        "path": "/",
+        "domain": settings.cookie_domain,
+        "secure": settings.secure_cookies,
+        "httponly": True,
+        "samesite": "lax",
+    }
+
+
 def set_session_cookie(
-    response: Response, settings: AuthSettings, session: Session, *, remember_me: bool = True
+    response: Response,
+    settings: AuthSettings,
+    session: Session,
+    *,
+    remember_me: bool = True,
+    request: Request | None = None,
 ) -> None:
-    """better-auth's cookies; `remember_me=False` makes them end with the browser session."""
+    """better-auth's cookies; `remember_me=False` makes them end with the browser session.
+
+    The signed token also goes out in `set-auth-token`, where better-auth's bearer clients
+    (no cookie jar) pick it up.
+    """
     secret = settings.auth_secret.get_secret_value()
+    options = _cookie_options(settings)
     response.set_cookie(
         settings.session_cookie_name,
         cookies.encode_cookie_value(session.token, secret),
         max_age=settings.session_expires_in if remember_me else None,
-        path="/",
-        domain=settings.cookie_domain,
-        secure=settings.secure_cookies,
-        httponly=True,
-        samesite="lax",
+        **options,
     )
+    response.headers["set-auth-token"] = cookies.sign(session.token, secret)
+    response.headers["access-control-expose-headers"] = "set-auth-token"
     if not remember_me:
         # better-auth reads this to keep a browser-session login from sliding to 7 days.
         response.set_cookie(
             settings.dont_remember_cookie_name,
             cookies.encode_cookie_value("true", secret),
-            path="/",
-            domain=settings.cookie_domain,
-            secure=settings.secure_cookies,
-            httponly=True,
-            samesite="lax",
+            **options,
         )
+    elif request is not None and settings.dont_remember_cookie_name in request.cookies:
+        # Left over from an earlier "remember me" off sign-in: it would stop this one sliding.
+        response.delete_cookie(settings.dont_remember_cookie_name, **options)
 
 
 def clear_session_cookie(response: Response, settings: AuthSettings) -> None:
-    for name in (settings.session_cookie_name, settings.dont_remember_cookie_name):
-        response.delete_cookie(
-            name,
-            path="/",
-            domain=settings.cookie_domain,
-            secure=settings.secure_cookies,
-            httponly=True,
-            samesite="lax",
-        )
+    # session_data: better-auth's optional cookie cache; a better-auth app beside us would
+    # otherwise keep trusting a signed-out browser for its cache's lifetime.
+    for name in (
+        settings.session_cookie_name,
+        settings.dont_remember_cookie_name,
+        settings.cookie_name("session_data"),
+    ):
+        response.delete_cookie(name, **_cookie_options(settings))
 
 
 def client_info(request: Request) -> tuple[str | None, str | None]:

@@ -117,7 +117,7 @@ async def sign_up_email(
         db, user.id, SessionPolicy.from_settings(settings),
         ip_address=ip, user_agent=agent, remember_me=body.remember_me,
     )  # fmt: skip
-    set_session_cookie(response, settings, session, remember_me=body.remember_me)
+    set_session_cookie(response, settings, session, remember_me=body.remember_me, request=request)
     return SignUpResult(token=session.token, user=UserRead.model_validate(user))
 
 
@@ -168,7 +168,7 @@ async def sign_in_email(
         db, user.id, SessionPolicy.from_settings(settings),
         ip_address=ip, user_agent=agent, remember_me=body.remember_me,
     )  # fmt: skip
-    set_session_cookie(response, settings, session, remember_me=body.remember_me)
+    set_session_cookie(response, settings, session, remember_me=body.remember_me, request=request)
     return SignInResult(
         redirect=body.callback_url is not None,
         token=session.token,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import Field
 
-from platform_db.schemas import ApiModel
+from platform_db.schemas import ApiModel, Timestamp
 
 
 class UserRead(ApiModel):
@@ -15,19 +13,19 @@ class UserRead(ApiModel):
     email: str
     email_verified: bool
     image: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class SessionRead(ApiModel):
     id: str
     token: str
     user_id: str
-    expires_at: datetime
+    expires_at: Timestamp
     ip_address: str | None
     user_agent: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class SignUpEmail(ApiModel):
@@ -54,7 +52,8 @@ class SignUpResult(ApiModel):
 class SignInResult(ApiModel):
     redirect: bool
     token: str
-    url: str | None = None
+    # better-auth leaves `url` out rather than sending null.
+    url: str | None = Field(default=None, exclude_if=lambda v: v is None)
     user: UserRead
 
 

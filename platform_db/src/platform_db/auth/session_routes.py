@@ -117,9 +117,11 @@ async def change_password(
         await revoke_user_sessions(db, ctx.user.id)
         cache.evict_user(ctx.user.id)
         ip, agent = client_info(request)
+        policy = SessionPolicy.from_settings(settings)
+        remember = not policy.is_short(ctx.session)  # a browser-session login stays one
         session = await create_session(
-            db, ctx.user.id, SessionPolicy.from_settings(settings), ip_address=ip, user_agent=agent
+            db, ctx.user.id, policy, ip_address=ip, user_agent=agent, remember_me=remember
         )
-        set_session_cookie(response, settings, session)
+        set_session_cookie(response, settings, session, remember_me=remember, request=request)
         token = session.token
     return ChangePasswordResult(token=token, user=UserRead.model_validate(ctx.user))

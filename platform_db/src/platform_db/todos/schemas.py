@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import ConfigDict, StringConstraints, model_validator
 
-from platform_db.schemas import ApiModel
+from platform_db.schemas import ApiModel, Timestamp
 from platform_db.todos.models import DESCRIPTION_MAX, TITLE_MAX
 
 # Postgres text cannot hold NUL: refuse it as a validation error, not a database error.
@@ -48,8 +47,8 @@ class TodoRead(ApiModel):
     title: str
     description: str | None
     completed: bool
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class TodoPage(ApiModel):
