@@ -71,6 +71,7 @@ class AuthSettings(DatabaseSettings):
         validation_alias="PASSWORD_HASH_CONCURRENCY",
     )
 
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
     # Validated sessions cached per process, evicted through LISTEN/NOTIFY; 0 turns it off.
     session_cache_size: int = Field(default=10_000, ge=0, validation_alias="SESSION_CACHE_SIZE")
     session_cache_ttl: float = Field(default=300.0, gt=0, validation_alias="SESSION_CACHE_TTL")
