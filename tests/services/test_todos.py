@@ -614,3 +614,30 @@ async def test_deleting_a_user_cascades_to_both_schemas(
         await conn.execute('DELETE FROM "user" WHERE id = $1', ada.user_id)
         assert await owners("web") == [bob.user_id]
         assert await owners("trading") == [bob.user_id]
+
+
+async def test_a_due_session_slides_and_its_cookie_with_it(
+    service_client: httpx.AsyncClient, full_db: str
+) -> None:
+    # A cookie client that only ever calls /todos must not lose its cookie after 7 days while
+    # the session it holds keeps sliding.
+    r = await service_client.post(
+        "/api/auth/sign-up/email",
+        json={"name": "Cy", "email": "cy@example.com", "password": "correct horse battery"},
+    )
+    token = r.json()["token"]
+    async with connect(full_db) as conn:  # set two days ago: the refresh is due
+        await conn.execute(
+            "UPDATE session SET expires_at = expires_at - interval '2 days', "
+            "updated_at = updated_at - interval '2 days' WHERE token = $1",
+            token,
+        )
+        before = await conn.fetchval("SELECT expires_at FROM session WHERE token = $1", token)
+    r = await service_client.get("/todos")
+    assert r.status_code == 200, r.text
+    set_cookie = r.headers.get("set-cookie", "")
+    assert "better-auth.session_token=" in set_cookie
+    assert "Max-Age=604800" in set_cookie
+    async with connect(full_db) as conn:
+        after = await conn.fetchval("SELECT expires_at FROM session WHERE token = $1", token)
+    assert after - before > timedelta(days=1)

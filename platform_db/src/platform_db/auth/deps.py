@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from platform_db.auth import cookies
 from platform_db.auth.cache import SessionCache
+from platform_db.auth.http import set_session_cookie
 from platform_db.auth.mail import Mailer
 from platform_db.auth.passwords import PasswordHasher
 from platform_db.auth.sessions import AuthContext, SessionPolicy, validate_session
@@ -57,6 +58,7 @@ def session_token(
 
 async def _optional_auth(
     request: Request,
+    response: Response,
     db: DbSession,
     settings: Settings,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -81,6 +83,10 @@ async def _optional_auth(
         return None
     if not ctx.refreshed:  # a refresh is not committed yet; its NOTIFY evicts anyway
         cache.put(token, ctx.session, ctx.user, generation)
+    else:
+        # The session slid: so must the cookie, whatever route was called (as better-auth,
+        # bearer callers get it too, with the token in set-auth-token).
+        set_session_cookie(response, settings, ctx.session, request=request)
     return ctx
 
 

@@ -197,14 +197,10 @@ async def sign_out(
 
 
 @router.get("/get-session", response_model=SessionWithUser | None)
-async def get_session(
-    ctx: OptionalAuth, response: Response, settings: Settings
-) -> SessionWithUser | None:
-    """The current session and its user, or null when signed out."""
+async def get_session(ctx: OptionalAuth) -> SessionWithUser | None:
+    """The current session and its user, or null when signed out (a slid session's cookie too)."""
     if ctx is None:
         return None
-    if ctx.refreshed:
-        set_session_cookie(response, settings, ctx.session)
     return SessionWithUser.model_validate({"session": ctx.session, "user": ctx.user})
 
 
