@@ -136,13 +136,15 @@ class Proc:
         if self.stopped:
             return
         self.stopped = True
-        if self.returncode is None:
-            self.signal_group(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                self.signal_group(signal.SIGKILL)
-                await self.process.wait()
+        if self.returncode is not None:
+            # Long gone: its group id may belong to someone else by now; signal nothing.
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            self.signal_group(signal.SIGKILL)
+            await self.process.wait()
         # Children the leader left behind share its process group: end them too.
         self.signal_group(signal.SIGKILL)
 

@@ -108,9 +108,10 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: the answers of the middleware above get the headers too.
     app.add_middleware(SecurityHeadersMiddleware, docs_paths=("/docs", "/static-offline-docs"))
-    app.include_router(health_router)
-    app.include_router(auth_router)
+    # The service's own routes first: routing tries routes in order, and they are the busy ones.
     for router in routers:
         app.include_router(router)
+    app.include_router(auth_router)
+    app.include_router(health_router)
     _document_error_shape(app)
     return app

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import Depends, Request
@@ -43,7 +43,10 @@ def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
     options: dict[str, object] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
-        "pool_pre_ping": True,
+        # No pre-ping: it costs a round trip per request. A connection that died with the
+        # server fails its request with 503 and SQLAlchemy then invalidates the whole pool,
+        # so the next requests reconnect. Recycling bounds a connection's age anyway.
+        "pool_recycle": 1800,
     }
     options.update(kwargs)
     return create_async_engine(async_url(settings.database_url), **options)
@@ -57,14 +60,40 @@ class Database:
         self.sessionmaker = async_sessionmaker(
             engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
         )
+        # Reads (GET, HEAD) run each statement on its own: no BEGIN and COMMIT round trips.
+        # Their only writes (sliding a session, deleting an expired one) are single statements.
+        self.read_sessionmaker = async_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT"),
+            class_=AsyncSession,
+            expire_on_commit=False,
+            autoflush=False,
+        )
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
+_READS = frozenset({"GET", "HEAD"})
+_WRITES = "_platform_db_writes"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes(endpoint: F) -> F:
+    """Mark a GET route that writes (a mail link's target): it gets a real transaction."""
+    setattr(endpoint, _WRITES, True)
+    return endpoint
+
+
 async def _db_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit when the handler returns, roll back if it raises."""
     database: Database = request.app.state.db
+    route = request.scope.get("route")
+    if request.method in _READS and not getattr(getattr(route, "endpoint", None), _WRITES, False):
+        # Autocommit: every statement is already committed; there is nothing to end.
+        async with database.read_sessionmaker() as session:
+            yield session
+        return
     async with database.sessionmaker() as session:
         try:
             yield session

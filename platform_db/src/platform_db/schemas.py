@@ -12,7 +12,9 @@ from pydantic.alias_generators import to_camel
 def _js_iso(value: datetime) -> str:
     # JavaScript's Date (so better-auth's client) reads at most milliseconds: it would take
     # ".598892" as 598892 ms. Send what JSON.stringify(new Date()) sends.
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 Timestamp = Annotated[

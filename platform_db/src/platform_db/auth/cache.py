@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 SESSION_CHANNEL = "platform_session_changed"
 USER_CHANNEL = "platform_user_changed"
-TRIGGERS = ("session_notify_change", "user_notify_change")
+TRIGGERS = (
+    "session_notify_change",
+    "session_notify_truncate",
+    "user_notify_change",
+    "user_notify_truncate",
+)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class SessionListener:
     async def _missing_triggers(self, conn: asyncpg.Connection) -> list[str]:
         found = await conn.fetch(
             "SELECT tgname FROM pg_trigger WHERE tgname = ANY($1::text[]) AND NOT tgisinternal"
+            " AND tgenabled <> 'D'"
             " AND tgrelid IN (to_regclass('public.session'), to_regclass('public.\"user\"'))",
             list(TRIGGERS),
         )

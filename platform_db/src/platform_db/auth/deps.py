@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_db.auth import cookies
 from platform_db.auth.cache import SessionCache
@@ -20,12 +21,12 @@ from platform_db.settings import AuthSettings
 from platform_db.types import utcnow
 
 
-def _settings(request: Request) -> AuthSettings:
+async def _settings(request: Request) -> AuthSettings:
     settings: AuthSettings = request.app.state.settings
     return settings
 
 
-def _hasher(request: Request) -> PasswordHasher:
+async def _hasher(request: Request) -> PasswordHasher:
     hasher: PasswordHasher = request.app.state.hasher
     return hasher
 
@@ -56,13 +57,14 @@ def session_token(
     return None
 
 
-async def _optional_auth(
+async def authenticate(
     request: Request,
     response: Response,
-    db: DbSession,
-    settings: Settings,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    db: AsyncSession,
+    bearer: HTTPAuthorizationCredentials | None,
 ) -> AuthContext | None:
+    """The caller's live session, from the process cache when it can, else one query."""
+    settings: AuthSettings = request.app.state.settings
     token = session_token(request, settings, bearer)
     if token is None:
         return None
@@ -90,15 +92,32 @@ async def _optional_auth(
     return ctx
 
 
+# One dependency per alias, not a chain: each level of FastAPI's dependency solving costs
+# more than the cache hit it wraps.
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _optional_auth(
+    request: Request, response: Response, db: DbSession, bearer: Bearer
+) -> AuthContext | None:
+    return await authenticate(request, response, db, bearer)
+
+
 async def _required_auth(
-    ctx: Annotated[AuthContext | None, Depends(_optional_auth)],
+    request: Request, response: Response, db: DbSession, bearer: Bearer
 ) -> AuthContext:
+    ctx = await authenticate(request, response, db, bearer)
     if ctx is None:
         raise Unauthorized()
     return ctx
 
 
-async def _current_user(ctx: Annotated[AuthContext, Depends(_required_auth)]) -> User:
+async def _current_user(
+    request: Request, response: Response, db: DbSession, bearer: Bearer
+) -> User:
+    ctx = await authenticate(request, response, db, bearer)
+    if ctx is None:
+        raise Unauthorized()
     return ctx.user
 
 
@@ -107,7 +126,7 @@ CurrentSession = Annotated[AuthContext, Depends(_required_auth)]
 CurrentUser = Annotated[User, Depends(_current_user)]
 
 
-def _session_cache(request: Request) -> SessionCache:
+async def _session_cache(request: Request) -> SessionCache:
     cache: SessionCache = request.app.state.session_cache
     return cache
 
@@ -116,7 +135,7 @@ def _session_cache(request: Request) -> SessionCache:
 Cache = Annotated[SessionCache, Depends(_session_cache)]
 
 
-def _mailer(request: Request) -> Mailer:
+async def _mailer(request: Request) -> Mailer:
     mailer: Mailer = request.app.state.mailer
     return mailer
 

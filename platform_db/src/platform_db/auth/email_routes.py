@@ -48,7 +48,7 @@ from platform_db.auth.schemas import (
     VerifyEmailResult,
 )
 from platform_db.auth.sessions import revoke_user_sessions
-from platform_db.db import DbSession
+from platform_db.db import DbSession, writes
 from platform_db.errors import AppError, responses
 from platform_db.models import User
 from platform_db.settings import AuthSettings
@@ -139,6 +139,7 @@ def _fail(error: type[AppError], callback_url: str | None) -> RedirectResponse:
         302: {"description": "To callbackURL, with ?error=CODE on failure"},
     },
 )
+@writes
 async def verify_email(
     request: Request,
     db: DbSession,
