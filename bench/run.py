@@ -1,0 +1,833 @@
+"""The benchmark: `uv run python -m bench` (full) or `uv run python -m bench --quick` (CI).
+
+One run: an embedded Postgres, the web service (`web serve`, uvicorn, one worker) and the
+floor (bench/floor.py), both pinned to one core; wrk and Postgres on the other core(s).
+It measures, for our service beside the floor:
+
+1. the todo routes and sign-in: requests per second, p50/p99 latency, errors, and our
+   throughput as a ratio of the floor's on each todo route;
+2. growth: GET /todos (first page, and the page after a deep cursor) and GET /todos/{id}
+   with 1 thousand and with 1 million todos in the table (the caller owning 100 thousand);
+3. memory: the service's peak RSS under that load, and with 100 concurrent sign-ins.
+
+Progress goes to stderr, the report (Markdown) to stdout; `--json FILE` writes the numbers.
+The exit code is 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench import floor, profile, seed
+from bench.load import Req, Result, run_wrk, wrk_path, wrk_version
+from bench.procs import (
+    Cores,
+    Server,
+    cpu_seconds,
+    memory_kib,
+    reset_peak_rss,
+    tree_cpu_seconds,
+)
+from platform_db import migrate
+from platform_db.embedded import EmbeddedPostgres, free_port
+from platform_db.trees import PLATFORM
+from web.app import TREE as WEB_TREE
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DB_NAME = "bench"
+
+# Durability off: the benchmark measures the service, not this machine's disk.
+PG_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "256MB",
+    "max_wal_size": "4GB",
+    "jit": "off",
+}
+
+# A service reads these from the environment; the runner's own values must not leak in.
+_SETTING_PREFIXES = (
+    "DATABASE_URL", "AUTH_", "BETTER_AUTH_", "ENVIRONMENT", "COOKIE_", "SESSION_",
+    "TRUSTED_ORIGINS", "PLATFORM_WAIT", "MIGRATION_LOCK", "DB_", "PASSWORD_HASH", "HOST",
+    "PORT", "LOG_LEVEL", "FORWARDED_ALLOW", "ACCESS_LOG", "RATE_LIMIT_", "SMTP_", "MAIL_",
+    "REQUIRE_EMAIL", "EMAIL_VERIFICATION", "RESET_PASSWORD", "MAX_BODY",
+)  # fmt: skip
+
+LIST, GET, POST, PATCH = "GET /todos", "GET /todos/{id}", "POST /todos", "PATCH /todos/{id}"
+SIGN_IN = "POST /api/auth/sign-in/email"
+TODO_ROUTES = (LIST, GET, POST, PATCH)
+PAGE = 20
+RATIO_TARGET = 0.5
+GROWTH_TARGET = 1.5
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    seconds: int  # per measured wrk run
+    warmup: int  # per route and server, before measuring
+    connections: int
+    users: int  # users with sessions who drive the todo routes
+    todos_per_user: int
+    others: int  # users owning the rest of the table in the growth runs
+    small_total: int
+    small_caller: int
+    large_total: int
+    large_caller: int
+    burst: int  # concurrent sign-ins for the memory check
+    pool_size: int
+    hash_concurrency: int
+    pin: bool
+    profile: bool
+    profile_raw: Path | None
+
+    @property
+    def signin_connections(self) -> int:
+        return min(self.connections, 2 * self.hash_concurrency)
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    quick = bool(args.quick)
+    return Config(
+        quick=quick,
+        seconds=args.seconds or (1 if quick else 10),
+        warmup=1 if quick else 2,
+        connections=args.connections,
+        users=20 if quick else 200,
+        todos_per_user=25 if quick else 50,
+        others=100 if quick else 900,
+        small_total=1_000,
+        small_caller=100,
+        large_total=50_000 if quick else 1_000_000,
+        large_caller=5_000 if quick else 100_000,
+        burst=args.burst,
+        pool_size=args.pool_size,
+        hash_concurrency=args.hash_concurrency,
+        pin=not args.no_pin,
+        profile=bool(args.profile or args.profile_raw),
+        profile_raw=args.profile_raw,
+    )
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    route: str
+    impl: str
+    result: Result
+
+
+@dataclass
+class Report:
+    command: str
+    config: Config
+    machine: dict[str, str] = field(default_factory=dict)
+    routes: list[Measured] = field(default_factory=list)
+    growth: list[tuple[str, int, int, Measured]] = field(default_factory=list)
+    plans: list[tuple[str, str, str]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    starved: list[str] = field(default_factory=list)
+
+    def find(self, route: str, impl: str) -> Result | None:
+        return next((m.result for m in self.routes if m.route == route and m.impl == impl), None)
+
+    def ratios(self) -> dict[str, float]:
+        out = {}
+        for route in TODO_ROUTES:
+            ours, base = self.find(route, "ours"), self.find(route, "floor")
+            if ours is not None and base is not None and base.rps > 0:
+                out[route] = ours.rps / base.rps
+        return out
+
+    def cpu_ratios(self) -> dict[str, float]:
+        """Per todo route: the floor's server CPU per request over ours (ours/floor per core)."""
+        out = {}
+        for route in TODO_ROUTES:
+            ours, base = self.find(route, "ours"), self.find(route, "floor")
+            if ours is not None and base is not None and ours.server_ms > 0:
+                out[route] = base.server_ms / ours.server_ms
+        return out
+
+    def _growth_pairs(self) -> list[tuple[str, Result, Result]]:
+        by: dict[tuple[str, str], Result] = {(c, m.route): m.result for c, _, _, m in self.growth}
+        cases = list(dict.fromkeys(c for c, _, _, _ in self.growth))
+        if len(cases) < 2:
+            return []
+        small, large = cases[0], cases[-1]
+        return [
+            (route, by[(small, route)], res)
+            for (case, route), res in by.items()
+            if case == large and (small, route) in by
+        ]
+
+    def growth_ratios(self) -> dict[str, float]:
+        """Per growth route: the large table's time per request (1/throughput) over the
+        small one's."""
+        return {route: s.rps / g.rps for route, s, g in self._growth_pairs() if g.rps > 0}
+
+    def growth_cpu_ratios(self) -> dict[str, float]:
+        """The same with CPU per request (service plus Postgres): robust to a busy machine."""
+        out = {}
+        for route, s, g in self._growth_pairs():
+            if s.server_ms + s.postgres_ms > 0:
+                out[route] = (g.server_ms + g.postgres_ms) / (s.server_ms + s.postgres_ms)
+        return out
+
+    def errors(self) -> int:
+        return sum(m.result.errors for m in self.routes) + sum(
+            m.result.errors for _, _, _, m in self.growth
+        )
+
+    def markdown(self) -> list[str]:
+        c = self.config
+        out = [f"# Benchmark ({'quick' if c.quick else 'full'} mode)", ""]
+        out.append(f"Command: `{self.command}`")
+        out.append("")
+        out += [f"- {k}: {v}" for k, v in self.machine.items()]
+        out += ["", "## Todo routes and sign-in, ours beside the floor", ""]
+        out.append(
+            f"{c.users} users with a session, {c.users * c.todos_per_user:,} todos of theirs; "
+            f"wrk, 1 thread, {c.connections} connections ({c.signin_connections} for sign-in), "
+            f"{c.seconds} s per run after a {c.warmup} s warm-up. CPU columns: cores busy "
+            f"(1.0 = one core) for the server process, Postgres, and wrk; CPU ms/req: the "
+            f"server process's CPU time per request, which other load on the machine does not "
+            f"change much."
+        )
+        out += ["", _TABLE_HEAD, _TABLE_RULE]
+        out += [_row(m.route, m.impl, m.result) for m in self.routes]
+        out.append("")
+        for route, ratio in self.ratios().items():
+            ours, base = self.find(route, "ours"), self.find(route, "floor")
+            assert ours is not None
+            assert base is not None
+            met = "met" if ratio >= RATIO_TARGET else "NOT met"
+            per_cpu = self.cpu_ratios().get(route, 0.0)
+            out.append(
+                f"ratio {route}: ours {ours.rps:,.0f} req/s / floor {base.rps:,.0f} req/s = "
+                f"{ratio:.2f} (target >= {RATIO_TARGET}: {met}); per CPU: floor "
+                f"{base.server_ms:.2f} ms / ours {ours.server_ms:.2f} ms = {per_cpu:.2f}"
+            )
+        out += ["", "## Growth: the same reads on a small and a large table", ""]
+        out += [_GROWTH_HEAD, _GROWTH_RULE]
+        for case, total, caller, m in self.growth:
+            r = m.result
+            out.append(
+                f"| {case} | {total:,} | {caller:,} | {m.route} | {r.rps:,.0f} | "
+                f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {r.server_ms:.2f} | "
+                f"{r.postgres_ms:.2f} |"
+            )
+        out.append("")
+        cpu = self.growth_cpu_ratios()
+        for route, ratio in self.growth_ratios().items():
+            met = "met" if ratio <= GROWTH_TARGET else "NOT met"
+            out.append(
+                f"growth {route}: large/small time per request = {ratio:.2f} "
+                f"(target <= {GROWTH_TARGET}: {met}); CPU per request (service + Postgres) "
+                f"= {cpu.get(route, 0.0):.2f}"
+            )
+        if self.plans:
+            out += ["", "Query plans (EXPLAIN ANALYZE of the list query, top node):", ""]
+            out += [f"- {case}, {what}: {plan}" for case, what, plan in self.plans]
+        out += ["", "## Memory of the service process", ""]
+        mem = self.memory
+        if mem:
+            mib = {k: v / 1024 for k, v in mem.items() if k.endswith("_kib")}
+            out.append(
+                f"- peak RSS under the todo-route benchmark: {mib['under_load_kib']:.0f} MiB "
+                f"(the floor: {mib['floor_under_load_kib']:.0f} MiB)"
+            )
+            out.append(
+                f"- peak RSS with {mem['burst']} concurrent sign-ins: "
+                f"{mib['burst_peak_kib']:.0f} MiB (from {mib['burst_before_kib']:.0f} MiB; at "
+                f"most {mem['hash_concurrency']} scrypt hashes of 32 MiB at once, so bounded by "
+                f"about {mib['bound_kib']:.0f} MiB: {'yes' if mem['bounded'] else 'NO'}); "
+                f"{mem['burst_ok']} answered 200, {mem['burst_failures']} failed, "
+                f"all done in {mem['burst_seconds']:.1f} s"
+            )
+        if self.profile:
+            out += ["", "## Profile", "", *self.profile]
+        notes = list(self.notes)
+        if self.starved:
+            notes.insert(
+                0,
+                "In these runs the server process got less than 0.8 of a core, so something "
+                "else (Postgres, wrk, or other load on the machine) limited the throughput; "
+                "compare CPU ms per request instead: " + "; ".join(self.starved) + ".",
+            )
+        if notes:
+            out += ["", "## Notes", ""]
+            out += [f"- {n}" for n in notes]
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        def res(r: Result) -> dict[str, Any]:
+            return {**dataclasses.asdict(r), "rps": r.rps}
+
+        return {
+            "command": self.command,
+            "config": dataclasses.asdict(self.config),
+            "machine": self.machine,
+            "routes": [{"route": m.route, "impl": m.impl, **res(m.result)} for m in self.routes],
+            "ratios": self.ratios(),
+            "cpu_ratios": self.cpu_ratios(),
+            "growth": [
+                {"case": c, "total": t, "caller": n, "route": m.route, **res(m.result)}
+                for c, t, n, m in self.growth
+            ],
+            "growth_ratios": self.growth_ratios(),
+            "growth_cpu_ratios": self.growth_cpu_ratios(),
+            "plans": [{"case": c, "query": q, "plan": p} for c, q, p in self.plans],
+            "memory": self.memory,
+            "profile": self.profile,
+            "notes": self.notes,
+            "errors": self.errors(),
+        }
+
+
+_TABLE_HEAD = (
+    "| route | impl | req/s | p50 ms | p99 ms | errors | server CPU | Postgres CPU | wrk CPU "
+    "| CPU ms/req |"
+)
+_TABLE_RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+_GROWTH_HEAD = (
+    "| table | todos | caller's | request | req/s | p50 ms | p99 ms | errors "
+    "| server CPU ms/req | Postgres CPU ms/req |"
+)
+_GROWTH_RULE = "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+
+
+def _row(route: str, impl: str, r: Result) -> str:
+    errors = f"{r.errors} ({r.error_detail})" if r.errors else "0"
+    return (
+        f"| {route} | {impl} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {errors} | "
+        f"{r.server_cpu:.2f} | {r.postgres_cpu:.2f} | {r.generator_cpu:.2f} | "
+        f"{r.server_ms:.2f} |"
+    )
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+def machine_info(pg_version: str, cores: Cores) -> dict[str, str]:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    import uvicorn
+
+    return {
+        "code": code_version(),
+        "machine": f"{model}, {os.cpu_count()} CPUs, {mem} RAM",
+        "system": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "load average at start": load,
+        "pinning": cores.describe(),
+        "software": (
+            f"Python {platform.python_version()}, uvicorn {uvicorn.__version__}, "
+            f"PostgreSQL {pg_version} (embedded, fsync off), {wrk_version()}"
+        ),
+    }
+
+
+def code_version() -> str:
+    """The commit this run measured, and whether the work tree had changes on top of it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+def service_env(database_url: str, config: Config, secret: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
+    env.update(
+        DATABASE_URL=database_url,
+        AUTH_SECRET=secret,
+        ENVIRONMENT="production",
+        RATE_LIMIT_ENABLED="false",
+        ACCESS_LOG="0",
+        LOG_LEVEL="warning",
+        DB_POOL_SIZE=str(config.pool_size),
+        DB_MAX_OVERFLOW="0",
+        PASSWORD_HASH_CONCURRENCY=str(config.hash_concurrency),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+async def prepare_database(admin_url: str, url: str) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+        version = str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+    await migrate.upgrade(PLATFORM, url)
+    await migrate.upgrade(WEB_TREE, url)
+    return version
+
+
+@contextmanager
+def connected(url: str) -> Iterator[Callable[[Any], Any]]:
+    """Run coroutines on one event loop against one connection, from synchronous code."""
+    loop = asyncio.new_event_loop()
+    conn: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(url))
+
+    def run(make: Any) -> Any:
+        return loop.run_until_complete(make(conn))
+
+    try:
+        yield run
+    finally:
+        loop.run_until_complete(conn.close())
+        loop.close()
+
+
+def measure(
+    report: Report,
+    route: str,
+    impl: str,
+    server: Server,
+    reqs: Sequence[Req],
+    *,
+    connections: int,
+    pg_pid: int,
+    seconds: int,
+    warmup: int,
+    timeout: int = 30,
+) -> Result:
+    kwargs: dict[str, Any] = {"connections": connections, "timeout": timeout}
+    if warmup:
+        run_wrk(server.base_url, reqs, seconds=warmup, **kwargs)
+    result = run_wrk(
+        server.base_url,
+        reqs,
+        seconds=seconds,
+        server_cpu=lambda: cpu_seconds(server.pid),
+        postgres_cpu=lambda: tree_cpu_seconds(pg_pid),
+        **kwargs,
+    )
+    log(
+        f"  {route:32} {impl:5} {result.rps:9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+        f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
+        f"cpu server {result.server_cpu:.2f} pg {result.postgres_cpu:.2f} "
+        f"wrk {result.generator_cpu:.2f}"
+    )
+    if result.server_cpu < 0.8 and route != SIGN_IN:
+        report.starved.append(f"{route} ({impl}) {result.server_cpu:.2f}")
+    return result
+
+
+def credentials(email: str) -> dict[str, str]:
+    return {"email": email, "password": seed.PASSWORD}
+
+
+def sign_in_burst(base_url: str, emails: Sequence[str], pid: int, count: int) -> dict[str, Any]:
+    """`count` sign-ins sent at once; the service's peak RSS meanwhile."""
+    before = memory_kib(pid, "VmRSS")
+    reset = reset_peak_rss(pid)
+    sampled = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                sampled.append(memory_kib(pid, "VmRSS"))
+            except OSError:
+                return
+            time.sleep(0.01)
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=300) as client:
+
+            async def one(i: int) -> int:
+                email = emails[i % len(emails)]
+                try:
+                    r = await client.post("/api/auth/sign-in/email", json=credentials(email))
+                except httpx.HTTPError:
+                    return 0
+                return r.status_code
+
+            return await asyncio.gather(*(one(i) for i in range(count)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        statuses = asyncio.run(burst())
+    finally:
+        stop.set()
+        sampler.join()
+    elapsed = time.monotonic() - started
+    peak = max(sampled)
+    if reset:
+        peak = max(peak, memory_kib(pid, "VmHWM"))
+    return {
+        "burst": count,
+        "burst_before_kib": before,
+        "burst_peak_kib": peak,
+        "burst_ok": sum(1 for s in statuses if s == 200),
+        "burst_failures": sum(1 for s in statuses if s != 200),
+        "burst_statuses": sorted({s for s in statuses}),
+        "burst_seconds": elapsed,
+    }
+
+
+async def _plan(conn: asyncpg.Connection, sql: str, *args: Any) -> str:
+    rows = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+    plan = json.loads(rows[0][0])[0]
+    node = plan["Plan"]
+    while node.get("Node Type") == "Limit" and node.get("Plans"):
+        node = node["Plans"][0]
+    name = node.get("Node Type", "?")
+    if "Index Name" in node:
+        name += f" using {node['Index Name']}"
+    return f"{name}, {plan['Execution Time']:.3f} ms"
+
+
+def growth_case(
+    report: Report,
+    run_db: Callable[[Any], Any],
+    case: str,
+    ours: Server,
+    caller: seed.BenchUser,
+    config: Config,
+    pg_pid: int,
+) -> None:
+    total = run_db(lambda c: seed.count_todos(c))
+    owned = run_db(lambda c: seed.count_todos(c, caller.id))
+    deep = min(int(owned * 0.9), owned - 2 * PAGE - 2)
+    cursor, after, after_id = run_db(lambda c: seed.cursor_at(c, caller.id, deep))
+    ids = run_db(lambda c: seed.todo_ids(c, caller.id, 1000))
+    report.plans.append(
+        (case, "first page", run_db(lambda c: _plan(c, floor.LIST_SQL, caller.id, PAGE + 1)))
+    )
+    report.plans.append(
+        (
+            case,
+            f"page after row {deep:,}",
+            run_db(lambda c: _plan(c, floor.LIST_AFTER_SQL, caller.id, PAGE + 1, after, after_id)),
+        )
+    )
+    log(f"growth, {case}: {total:,} todos, the caller owns {owned:,}; deep cursor at {deep:,}")
+    runs = (
+        (f"{LIST} first page", [Req("GET", f"/todos?limit={PAGE}", caller.token)]),
+        (
+            f"{LIST} after row {deep:,}",
+            [Req("GET", f"/todos?limit={PAGE}&cursor={cursor}", caller.token)],
+        ),
+        (GET, [Req("GET", f"/todos/{i}", caller.token) for i in ids]),
+    )
+    for label, reqs in runs:
+        route = label if not label.startswith(f"{LIST} after") else f"{LIST} after deep cursor"
+        res = measure(
+            report,
+            route,
+            "ours",
+            ours,
+            reqs,
+            connections=config.connections,
+            pg_pid=pg_pid,
+            seconds=config.seconds,
+            warmup=config.warmup,
+        )
+        report.growth.append((case, total, owned, Measured(route, "ours", res)))
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(config: Config, command: str) -> Report:
+    wrk_path()  # fail early, with the install line, when wrk is missing
+    if config.profile and profile.py_spy_path() is None:
+        raise SystemExit("--profile needs py-spy on PATH: pip install py-spy (a transient tool)")
+    cores = Cores.split(config.pin)
+    cores.pin_self()
+    report = Report(command=command, config=config)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        log("starting an embedded Postgres")
+        pg = EmbeddedPostgres(tmp / "pg", settings=PG_SETTINGS)
+        stack.enter_context(pg)
+        url = pg.url(DB_NAME)
+        pg_version = asyncio.run(prepare_database(pg.url(), url))
+        pg_pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+        report.machine = machine_info(pg_version, cores)
+        run_db = stack.enter_context(connected(url))
+
+        log("seeding users, sessions and the small table")
+        pw_hash = seed.password_hash()
+        base = seed.seed_base()
+        users = run_db(lambda c: seed.add_users(c, "user", config.users, pw_hash))
+        caller = run_db(lambda c: seed.add_users(c, "caller", 1, pw_hash))[0]
+        others = run_db(lambda c: seed.add_users(c, "other", config.others, pw_hash))
+        other_ids = [u.id for u in others]
+        run_db(lambda c: seed.add_todos(c, [caller.id], 1, config.small_caller, tag="c", base=base))
+        rest = config.small_total - config.small_caller
+        run_db(lambda c: seed.add_todos(c, other_ids, 1, rest, tag="o", base=base))
+        run_db(seed.analyze)
+
+        secret = secrets.token_urlsafe(32)
+        env = service_env(url, config, secret)
+        ours_port, floor_port = free_port(), free_port()
+        log("starting the service (web serve) and the floor, one uvicorn worker each")
+        ours = Server(
+            "web serve",
+            [str(BIN / "web"), "serve", "--host", "127.0.0.1", "--port", str(ours_port)],
+            env,
+            ours_port,
+            tmp / "web.log",
+            cores.server,
+        )
+        stack.callback(ours.stop)
+        base_floor = Server(
+            "floor",
+            [sys.executable, "-m", "bench.floor", "--port", str(floor_port)],
+            {**env, "PYTHONPATH": str(REPO)},
+            floor_port,
+            tmp / "floor.log",
+            cores.server,
+        )
+        stack.callback(base_floor.stop)
+        try:
+            ours.wait_ready("/readyz")
+            base_floor.wait_ready("/healthz")
+            steps(report, config, run_db, ours, base_floor, users, caller, other_ids, pg_pid, base)
+        except BaseException:
+            for server in (ours, base_floor):
+                log(f"{server.name} log (tail):\n{server.output()}")
+            raise
+    report.notes.append(f"The whole run took {time.monotonic() - started:.0f} s.")
+    return report
+
+
+def steps(
+    report: Report,
+    config: Config,
+    run_db: Callable[[Any], Any],
+    ours: Server,
+    base_floor: Server,
+    users: list[seed.BenchUser],
+    caller: seed.BenchUser,
+    other_ids: list[str],
+    pg_pid: int,
+    base: datetime,
+) -> None:
+    small = f"{config.small_total:,} todos"
+    growth_case(report, run_db, small, ours, caller, config, pg_pid)
+
+    n = config.users * config.todos_per_user
+    log(f"seeding {n:,} todos for {config.users} users")
+    run_db(lambda c: seed.add_todos(c, [u.id for u in users], 1, n, tag="u", base=base))
+    run_db(seed.analyze)
+    pairs = run_db(lambda c: seed.owned_pairs(c, users, min(10, config.todos_per_user)))
+    per_route: dict[str, list[Req]] = {
+        LIST: [Req("GET", f"/todos?limit={PAGE}", u.token) for u in users],
+        GET: [Req("GET", f"/todos/{todo}", token) for token, todo in pairs],
+        POST: [
+            Req("POST", "/todos", u.token, json.dumps({"title": f"bench todo {i}"}))
+            for i, u in enumerate(users)
+        ],
+        PATCH: [
+            Req(
+                "PATCH",
+                f"/todos/{todo}",
+                token,
+                json.dumps({"completed": i % 2 == 0, "title": f"patched {i}"}),
+            )
+            for i, (token, todo) in enumerate(pairs)
+        ],
+    }
+    log("todo routes: ours beside the floor")
+    for route in TODO_ROUTES:
+        for impl, server in (("ours", ours), ("floor", base_floor)):
+            res = measure(
+                report,
+                route,
+                impl,
+                server,
+                per_route[route],
+                connections=config.connections,
+                pg_pid=pg_pid,
+                seconds=config.seconds,
+                warmup=config.warmup,
+            )
+            report.routes.append(Measured(route, impl, res))
+    under_load = memory_kib(ours.pid, "VmHWM")
+    floor_under_load = memory_kib(base_floor.pid, "VmHWM")
+
+    if config.profile:
+        report.profile = profile_list(config, ours, per_route[LIST])
+
+    emails = [u.email for u in users]
+    log(f"{config.burst} concurrent sign-ins")
+    burst = sign_in_burst(ours.base_url, emails, ours.pid, config.burst)
+    # Before the burst the process holds what the todo routes made it grow to; each scrypt
+    # hash running adds its 32 MiB (48 MiB allowed for allocator slack), plus 32 MiB for the
+    # requests themselves. Unbounded hashing would add 32 MiB per concurrent sign-in.
+    bound = burst["burst_before_kib"] + config.hash_concurrency * 48 * 1024 + 32 * 1024
+    report.memory = {
+        "under_load_kib": under_load,
+        "floor_under_load_kib": floor_under_load,
+        "hash_concurrency": config.hash_concurrency,
+        "bound_kib": bound,
+        "bounded": burst["burst_peak_kib"] <= bound,
+        **burst,
+    }
+    log(
+        f"  peak RSS {burst['burst_peak_kib'] / 1024:.0f} MiB, "
+        f"{burst['burst_failures']} of {config.burst} failed"
+    )
+
+    log("sign-in")
+    sign_in_reqs = [
+        Req("POST", "/api/auth/sign-in/email", None, json.dumps(credentials(e))) for e in emails
+    ]
+    res = measure(
+        report,
+        SIGN_IN,
+        "ours",
+        ours,
+        sign_in_reqs,
+        connections=config.signin_connections,
+        pg_pid=pg_pid,
+        seconds=max(config.seconds, 2),
+        warmup=0,
+        timeout=60,
+    )
+    report.routes.append(Measured(SIGN_IN, "ours", res))
+
+    with_cursor = run_db(lambda c: seed.count_todos(c, caller.id))
+    log(f"growing the table to {config.large_total:,} todos ({config.large_caller:,} the caller's)")
+    t0 = time.monotonic()
+    run_db(
+        lambda c: seed.add_todos(
+            c, [caller.id], with_cursor + 1, config.large_caller, tag="c", base=base
+        )
+    )
+    total = run_db(lambda c: seed.count_todos(c))
+    # Continue the others' numbering after the small table's rows.
+    first = config.small_total - config.small_caller + 1
+    run_db(
+        lambda c: seed.add_todos(
+            c, other_ids, first, first + config.large_total - total - 1, tag="o", base=base
+        )
+    )
+    run_db(seed.analyze)
+    log(f"  seeded in {time.monotonic() - t0:.0f} s")
+    large = f"{config.large_total:,} todos"
+    growth_case(report, run_db, large, ours, caller, config, pg_pid)
+
+
+def profile_list(config: Config, ours: Server, reqs: Sequence[Req]) -> list[str]:
+    seconds = config.seconds
+    log(f"profiling the service under {LIST} for {seconds} s (py-spy)")
+    with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp:
+        raw_path = Path(tmp) / "stacks.txt"
+        spy = profile.start_py_spy(ours.pid, seconds + 1, raw_path)
+        time.sleep(0.5)
+        run_wrk(ours.base_url, reqs, seconds=seconds, connections=config.connections)
+        _, err = spy.communicate(timeout=120)
+        if spy.returncode != 0 or not raw_path.exists():
+            return [f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}"]
+        raw = raw_path.read_text()
+    if config.profile_raw is not None:
+        config.profile_raw.write_text(raw)
+    return profile.report(profile.summarise(raw))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs, small data (CI)")
+    parser.add_argument("--seconds", type=int, default=0, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--burst", type=int, default=100, help="concurrent sign-ins")
+    parser.add_argument("--pool-size", type=int, default=20, help="database connections each")
+    parser.add_argument(
+        "--hash-concurrency",
+        type=int,
+        default=max(2, os.cpu_count() or 2),
+        help="PASSWORD_HASH_CONCURRENCY of the service",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--profile", action="store_true", help="profile GET /todos with py-spy")
+    parser.add_argument(
+        "--profile-raw", type=Path, help="with --profile: keep py-spy's collapsed stacks here"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    # Stopped with SIGTERM: unwind, so the servers and Postgres this run started stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    config = make_config(args)
+    command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    report = run(config, command)
+    print("\n".join(report.markdown()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n")
+    failures = report.errors() + int(report.memory.get("burst_failures", 0))
+    if failures:
+        print(f"\n{failures} requests failed", file=sys.stderr)
+        sys.exit(1)
