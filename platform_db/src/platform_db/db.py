@@ -7,6 +7,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from platform_db.errors import is_stale_statement
 from platform_db.settings import DatabaseSettings
 
 
@@ -52,6 +54,19 @@ def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
     return create_async_engine(async_url(settings.database_url), **options)
 
 
+class ReadSession(AsyncSession):
+    """The session of a read (autocommit): a statement another process's DDL made stale is
+    run once more, since nothing else ran in a transaction that its failure would abort."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute(*args, **kwargs)
+        except DBAPIError as exc:
+            if not is_stale_statement(exc):
+                raise
+            return await super().execute(*args, **kwargs)
+
+
 class Database:
     """The engine and session factory of one process, kept on `app.state.db`."""
 
@@ -64,7 +79,7 @@ class Database:
         # Their only writes (sliding a session, deleting an expired one) are single statements.
         self.read_sessionmaker = async_sessionmaker(
             engine.execution_options(isolation_level="AUTOCOMMIT"),
-            class_=AsyncSession,
+            class_=ReadSession,
             expire_on_commit=False,
             autoflush=False,
         )

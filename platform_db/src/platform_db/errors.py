@@ -159,12 +159,37 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _database_unavailable(request, exc)
 
 
+# Connection exceptions, "shutting down" / "starting up" / "in recovery", too many connections.
+_UNAVAILABLE_SQLSTATES = ("08", "57P0", "53300")
+
+
+def is_stale_statement(exc: BaseException) -> bool:
+    """A cached prepared statement or type that another process's DDL made stale.
+
+    The asyncpg dialect drops its caches when it sees one, so the next try succeeds.
+    """
+    orig = getattr(exc, "orig", None)
+    name = type(orig).__name__
+    return name == "InvalidCachedStatementError" or (
+        name == "InternalServerError" and "cache lookup failed" in str(orig)
+    )
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return True  # ConnectionError, OSError: the server is out of reach
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return True
+    # A write transaction hit a statement gone stale under a migration: it cannot be retried
+    # inside the aborted transaction, but the client can retry the request at once.
+    return is_stale_statement(exc)
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    if (
-        isinstance(exc, DBAPIError)
-        and not exc.connection_invalidated
-        and not isinstance(exc, OperationalError | InterfaceError)
-    ):
+    if not _is_unavailable(exc):
         return await _unhandled(request, exc)
     log.warning(
         "database unavailable during %s %s: %s",

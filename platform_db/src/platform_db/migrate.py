@@ -268,12 +268,18 @@ async def wait_for_required(
         expected = required.heads()
         known = {rev.revision for rev in required.script().walk_revisions()}
         deadline = time.monotonic() + wait_seconds
-        announced = False
+        announced = unreachable = False
         while True:
             try:
                 async with engine.connect() as conn:
                     found = await current_heads(conn, required)
             except (OSError, DBAPIError) as exc:
+                if not unreachable:
+                    log.warning(
+                        "%s: cannot reach the database (%s); waiting up to %.0fs for it",
+                        tree.name, type(exc).__name__, wait_seconds,
+                    )  # fmt: skip
+                    unreachable = True
                 # The database may still be starting: keep trying within the same bound.
                 if time.monotonic() >= deadline:
                     raise MigrationError(
