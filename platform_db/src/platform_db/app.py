@@ -25,6 +25,20 @@ from platform_db.settings import AuthSettings
 from platform_db.trees import PLATFORM
 
 
+def _add_response(operation: dict[str, Any], status: str, code: str) -> None:
+    """Document that `operation` may answer `status` with ErrorBody `code`."""
+    response = operation.setdefault("responses", {}).setdefault(
+        status,
+        {
+            "description": "",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        },
+    )
+    codes = [c for c in response.get("description", "").split(", ") if c]
+    if code not in codes:
+        response["description"] = ", ".join([*codes, code])
+
+
 def _document_error_shape(app: FastAPI) -> None:
     """FastAPI documents every 422 as its own `{"detail": [...]}`; our handler answers ErrorBody."""
     generate = app.openapi
@@ -35,6 +49,9 @@ def _document_error_shape(app: FastAPI) -> None:
         schema = generate()
         for path in schema.get("paths", {}).values():
             for operation in path.values():
+                if "requestBody" in operation:  # any body may be malformed or too large
+                    _add_response(operation, "400", "INVALID_JSON")
+                    _add_response(operation, "413", "PAYLOAD_TOO_LARGE")
                 response = operation.get("responses", {}).get("422", {})
                 media = response.get("content", {}).get("application/json", {})
                 if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,8 +42,24 @@ def asyncpg_dsn(url: str) -> tuple[str, dict[str, object]]:
     return dsn, kwargs
 
 
+class _NoRowsInLogs(logging.Filter):
+    """SQLAlchemy's engine logger at DEBUG writes every result row: session tokens, password
+    hashes. Drop those records (the statements stay; their parameters are hidden)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Row "))
+
+
+_ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine.Engine")
+if not any(isinstance(f, _NoRowsInLogs) for f in _ENGINE_LOGGER.filters):
+    _ENGINE_LOGGER.addFilter(_NoRowsInLogs())
+
+
 def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
     options: dict[str, object] = {
+        # Bound parameters are tokens, hashes and addresses: keep them out of SQL logs and of
+        # the text of database errors (which end up logged).
+        "hide_parameters": True,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         # No pre-ping: it costs a round trip per request. A connection that died with the

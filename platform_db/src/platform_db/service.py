@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,35 @@ def load_settings() -> AuthSettings:
         raise MigrationError(f"invalid or missing settings: {problems}") from None
 
 
+# Single-use tokens that travel in URLs: the mailed reset link's path, ?token= of the
+# verification link.
+_TOKEN_IN_URL = re.compile(r"(/reset-password/)[^/?#\s]+|([?&]token=)[^&#\s]+")
+
+
+def redact_url(path: str) -> str:
+    return _TOKEN_IN_URL.sub(lambda m: f"{m.group(1) or m.group(2)}[redacted]", path)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn's access log writes each request line, so the tokens of mailed links too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn.access: (client, method, path with query string, http version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], redact_url(args[2]), args[3], args[4])
+        return True
+
+
+def _log_config() -> dict[str, object]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact_tokens": {"()": RedactTokens}}
+    config["handlers"]["access"]["filters"] = ["redact_tokens"]
+    return config
+
+
 def serve(service: ServiceDefinition, host: str, port: int) -> int:
     """Migrate the service's own tree (after the platform's), then serve with uvicorn."""
     import uvicorn
@@ -65,6 +96,7 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         access_log=os.environ.get("ACCESS_LOG", "1") != "0",
+        log_config=_log_config(),
     )
     return 0
 

@@ -96,6 +96,7 @@ async def send_verification_mail(
     responses=responses(
         InvalidEmail, EmailMismatch, EmailAlreadyVerified, InvalidCallbackUrl, EmailNotConfigured
     ),
+    openapi_extra={"security": [{}]},  # a session is optional
 )
 async def send_verification_email(
     body: SendVerificationEmail,

@@ -19,12 +19,15 @@ from platform_db.auth.passwords import MAX_LENGTH, MIN_LENGTH
 from platform_db.models import Session
 from platform_db.settings import AuthSettings
 
-_EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
+_WS = " \t\n\r\f\v"  # ASCII whitespace only, as the pattern OpenAPI documents
+_EMAIL = re.compile(r"^[^\s@\x00]+@[^\s@\x00]+\.[^\s@\x00]+$", re.ASCII)
 
 
 def normalize_email(email: str) -> str:
-    email = email.strip().lower()
-    if len(email) > 254 or not _EMAIL.match(email):
+    if len(email) > 254:
+        raise InvalidEmail()
+    email = email.strip(_WS).lower()
+    if not _EMAIL.match(email):
         raise InvalidEmail()
     return email
 

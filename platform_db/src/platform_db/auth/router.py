@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -177,7 +177,16 @@ async def sign_in_email(
     )
 
 
-@router.post("/sign-out", response_model=Success, responses=responses(FailedToGetSession))
+# A session is optional here: `{}` beside the bearer scheme says so in OpenAPI.
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
+
+
+@router.post(
+    "/sign-out",
+    response_model=Success,
+    responses=responses(FailedToGetSession),
+    openapi_extra=OPTIONAL_AUTH,
+)
 async def sign_out(
     request: Request,
     response: Response,
@@ -196,7 +205,7 @@ async def sign_out(
     return Success(success=True)
 
 
-@router.get("/get-session", response_model=SessionWithUser | None)
+@router.get("/get-session", response_model=SessionWithUser | None, openapi_extra=OPTIONAL_AUTH)
 async def get_session(ctx: OptionalAuth) -> SessionWithUser | None:
     """The current session and its user, or null when signed out (a slid session's cookie too)."""
     if ctx is None:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
+from pydantic.config import JsonDict
 
 from platform_db.schemas import ApiModel, Timestamp
+
+# Checked by the routes themselves (better-auth's 400 codes, not a 422), documented here:
+# the address as normalize_email accepts it, a new password's length.
+_WS = r" \t\n\r\f\v"
+_PART = rf"[^{_WS}@\x00]+"
+EMAIL_DOC: JsonDict = {"maxLength": 254, "pattern": rf"^[{_WS}]*{_PART}@{_PART}\.{_PART}[{_WS}]*$"}
+NEW_PASSWORD_DOC: JsonDict = {"minLength": 8, "maxLength": 128}
+
+
+class _Input(ApiModel):
+    # strict: JSON types as documented (better-auth's zod schemas are strict too)
+    model_config = ConfigDict(strict=True)
 
 
 class UserRead(ApiModel):
@@ -28,17 +41,17 @@ class SessionRead(ApiModel):
     updated_at: Timestamp
 
 
-class SignUpEmail(ApiModel):
+class SignUpEmail(_Input):
     name: str = Field(min_length=1, max_length=200)
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=4096)
+    email: str = Field(max_length=320, json_schema_extra=EMAIL_DOC)
+    password: str = Field(max_length=4096, json_schema_extra=NEW_PASSWORD_DOC)
     image: str | None = Field(default=None, max_length=2048)
     callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
     remember_me: bool = True
 
 
-class SignInEmail(ApiModel):
-    email: str = Field(max_length=320)
+class SignInEmail(_Input):
+    email: str = Field(max_length=320, json_schema_extra=EMAIL_DOC)
     password: str = Field(max_length=4096)
     callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
     remember_me: bool = True
@@ -75,12 +88,12 @@ class StatusMessage(ApiModel):
     message: str
 
 
-class RevokeSession(ApiModel):
+class RevokeSession(_Input):
     token: str = Field(max_length=512)
 
 
-class ChangePassword(ApiModel):
-    new_password: str = Field(max_length=4096)
+class ChangePassword(_Input):
+    new_password: str = Field(max_length=4096, json_schema_extra=NEW_PASSWORD_DOC)
     current_password: str = Field(max_length=4096)
     # better-auth defaults this to false; we default to true: a changed password usually
     # means the old one may be known to someone else.
@@ -92,8 +105,8 @@ class ChangePasswordResult(ApiModel):
     user: UserRead
 
 
-class SendVerificationEmail(ApiModel):
-    email: str = Field(max_length=320)
+class SendVerificationEmail(_Input):
+    email: str = Field(max_length=320, json_schema_extra=EMAIL_DOC)
     callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
 
 
@@ -102,13 +115,13 @@ class VerifyEmailResult(ApiModel):
     user: UserRead | None = None
 
 
-class RequestPasswordReset(ApiModel):
-    email: str = Field(max_length=320)
+class RequestPasswordReset(_Input):
+    email: str = Field(max_length=320, json_schema_extra=EMAIL_DOC)
     redirect_to: str | None = Field(default=None, max_length=2048)
 
 
-class ResetPassword(ApiModel):
-    new_password: str = Field(max_length=4096)
+class ResetPassword(_Input):
+    new_password: str = Field(max_length=4096, json_schema_extra=NEW_PASSWORD_DOC)
     token: str | None = Field(default=None, max_length=512)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, StringConstraints, model_validator
 
@@ -19,7 +19,8 @@ Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, patte
 
 
 class _Input(ApiModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as documented (no 0 for false, no "1" for true)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TodoCreate(_Input):
@@ -28,7 +29,18 @@ class TodoCreate(_Input):
     completed: bool = False
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """title and completed may be left out of a PATCH, not set to null: say so in OpenAPI."""
+    for name in ("title", "completed"):
+        prop = schema["properties"][name]
+        (kept,) = [s for s in prop.pop("anyOf") if s.get("type") != "null"]
+        prop.update(kept)
+        prop.pop("default", None)
+
+
 class TodoUpdate(_Input):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_not_nullable)
+
     title: Title | None = None
     description: Description | None = None
     completed: bool | None = None
