@@ -5,14 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_db.auth.passwords import hash_password_sync
 from platform_db.auth.tokens import generate_id
 from platform_db.models import Account, User
-from tests.pg import plain_url
 
 PASSWORD = "correct horse battery staple"
 
@@ -65,12 +63,3 @@ async def make_user(
         )
         await db.flush()
     return user
-
-
-async def query(db_url: str, sql: str, *args: Any) -> list[Any]:
-    """Run one SQL statement on its own connection (outside any app); the rows it returns."""
-    conn = await asyncpg.connect(plain_url(db_url))
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()

@@ -8,6 +8,7 @@ from a template migrated once per run, so tests never see each other's rows.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -40,5 +41,15 @@ async def drop_database(admin_url: str, url: str) -> None:
     conn = await asyncpg.connect(plain_url(admin_url))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """One statement on its own connection, outside any app, as another client would; its rows."""
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
     finally:
         await conn.close()

@@ -14,18 +14,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from platform_db.embedded import free_port
 from tests.conftest import TEST_SECRET
-from tests.pg import plain_url
+from tests.pg import sql
 
 BIN = Path(sys.executable).parent
 
@@ -262,27 +260,6 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         return s.connect_ex((host, port)) == 0
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float, message: Callable[[], str]
-) -> None:
-    """Poll `check` until it holds, at most `within` seconds; fail with `message()` otherwise."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(message())
-        await asyncio.sleep(0.2)
-
-
-async def sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    """Run one query on `database_url` and return its rows."""
-    conn = await asyncpg.connect(plain_url(database_url))
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-        return rows
-    finally:
-        await conn.close()
 
 
 async def table_exists(database_url: str, qualified: str) -> bool:

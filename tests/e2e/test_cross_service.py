@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from platform_db.trees import PLATFORM
-from tests.e2e.conftest import Processes, sql, versions
+from tests.e2e.conftest import Processes, versions
+from tests.pg import sql
 from trading.app import TREE as TRADING_TREE
 from web.app import TREE as WEB_TREE
 

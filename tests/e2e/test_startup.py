@@ -10,14 +10,13 @@ from platform_db.trees import PLATFORM
 from tests.e2e.conftest import (
     Processes,
     command,
-    eventually,
     run,
     service_env,
-    sql,
     table_exists,
     versions,
 )
-from tests.pg import plain_url
+from tests.pg import plain_url, sql
+from tests.polling import poll
 from trading.app import TREE as TRADING_TREE
 from web.app import TREE as WEB_TREE
 
@@ -74,10 +73,11 @@ async def test_two_replicas_migrate_an_empty_service_schema_once(
             )
             return bool(n == 2)
 
-        await eventually(
+        await poll(
             both_blocked,
             within=60,
-            message=lambda: (
+            interval=0.2,
+            what=lambda: (
                 f"replicas never reached the barrier:\n{first.describe()}\n{second.describe()}"
             ),
         )

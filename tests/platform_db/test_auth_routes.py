@@ -16,7 +16,8 @@ from platform_db.app import create_app
 from platform_db.auth import cookies
 from platform_db.auth.passwords import verify_password_sync
 from tests.conftest import ORIGIN, TEST_SECRET, auth_settings, running
-from tests.factories import PASSWORD, make_user, query, sign_up
+from tests.factories import PASSWORD, make_user, sign_up
+from tests.pg import sql
 
 SIGN_UP = "/api/auth/sign-up/email"
 SIGN_IN = "/api/auth/sign-in/email"
@@ -62,13 +63,13 @@ def set_cookies(r: httpx.Response) -> dict[str, dict[str, str]]:
 
 
 async def count(db_url: str, table: str) -> int:
-    rows = await query(db_url, f'SELECT count(*) FROM "{table}"')
+    rows = await sql(db_url, f'SELECT count(*) FROM "{table}"')
     result: int = rows[0][0]
     return result
 
 
 async def session_rows(db_url: str, token: str) -> list[Any]:
-    return await query(db_url, "SELECT * FROM session WHERE token = $1", token)
+    return await sql(db_url, "SELECT * FROM session WHERE token = $1", token)
 
 
 def parse_time(value: str) -> datetime:
@@ -102,7 +103,7 @@ async def test_sign_up(platform_client: httpx.AsyncClient, db_url: str) -> None:
     assert user["image"] is None
     assert abs(parse_time(user["createdAt"]) - datetime.now(UTC)) < timedelta(minutes=5)
 
-    [account] = await query(db_url, "SELECT * FROM account WHERE user_id = $1", user["id"])
+    [account] = await sql(db_url, "SELECT * FROM account WHERE user_id = $1", user["id"])
     assert account["provider_id"] == "credential"
     assert account["account_id"] == user["id"]
     assert len(account["password"]) == 161
@@ -112,7 +113,7 @@ async def test_sign_up(platform_client: httpx.AsyncClient, db_url: str) -> None:
     assert session["ip_address"] == "127.0.0.1"
     assert session["user_agent"] == "test-agent/1.0"
     assert session["expires_at"] - session["created_at"] == timedelta(days=7)
-    [row] = await query(db_url, 'SELECT email, name FROM "user" WHERE id = $1', user["id"])
+    [row] = await sql(db_url, 'SELECT email, name FROM "user" WHERE id = $1', user["id"])
     assert tuple(row) == ("ada@example.com", "Ada Lovelace")
 
 
@@ -443,7 +444,7 @@ async def test_get_session_rejects_forgeries(platform_client: httpx.AsyncClient)
 
 async def test_get_session_expired(platform_client: httpx.AsyncClient, db_url: str) -> None:
     token, _ = await sign_up(platform_client)
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second'"
         " WHERE token = $1",
@@ -460,7 +461,7 @@ async def test_get_session_slides_a_due_session(
 ) -> None:
     token, _ = await sign_up(platform_client)
     # Last set more than a day ago: due for a refresh.
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = (now() AT TIME ZONE 'UTC') + interval '5 days',"
         " updated_at = (now() AT TIME ZONE 'UTC') - interval '2 days' WHERE token = $1",

@@ -24,7 +24,8 @@ import pytest
 from platform_db.app import create_app
 from platform_db.auth import cookies
 from tests.conftest import TEST_SECRET, auth_settings, running
-from tests.factories import PASSWORD, query, sign_up, unique_email
+from tests.factories import PASSWORD, sign_up, unique_email
+from tests.pg import sql
 
 if TYPE_CHECKING:
     from tests.smtp import SmtpServer
@@ -84,18 +85,18 @@ async def sign_in(client: httpx.AsyncClient, email: str, password: str) -> httpx
 
 
 async def user_row(db_url: str, email: str) -> dict[str, Any]:
-    [row] = await query(db_url, 'SELECT * FROM "user" WHERE email = $1', email)
+    [row] = await sql(db_url, 'SELECT * FROM "user" WHERE email = $1', email)
     return dict(row)
 
 
 async def verification_rows(db_url: str, prefix: str = "") -> list[dict[str, Any]]:
-    sql = "SELECT * FROM verification WHERE identifier LIKE $1 ORDER BY created_at"
-    rows = await query(db_url, sql, prefix + "%")
+    statement = "SELECT * FROM verification WHERE identifier LIKE $1 ORDER BY created_at"
+    rows = await sql(db_url, statement, prefix + "%")
     return [dict(r) for r in rows]
 
 
 async def expire(db_url: str, identifier: str, by: timedelta) -> None:
-    await query(
+    await sql(
         db_url,
         "UPDATE verification SET expires_at = expires_at - $2::interval WHERE identifier = $1",
         identifier,
@@ -104,7 +105,7 @@ async def expire(db_url: str, identifier: str, by: timedelta) -> None:
 
 
 async def session_count(db_url: str, user_id: str) -> int:
-    rows = await query(db_url, "SELECT count(*) AS n FROM session WHERE user_id = $1", user_id)
+    rows = await sql(db_url, "SELECT count(*) AS n FROM session WHERE user_id = $1", user_id)
     return int(rows[0]["n"])
 
 
@@ -593,7 +594,7 @@ async def test_change_password(client: httpx.AsyncClient, db_url: str) -> None:
     cookie = r.headers.get_list("set-cookie")
     assert any(cookies.encode_cookie_value(fresh, TEST_SECRET) in c for c in cookie)
     # Every old session ended (this one is replaced by a fresh one); the fresh one works.
-    rows = await query(db_url, "SELECT token FROM session WHERE user_id = $1", user["id"])
+    rows = await sql(db_url, "SELECT token FROM session WHERE user_id = $1", user["id"])
     assert [row["token"] for row in rows] == [fresh]
     for old in (current, other):
         assert (await client.get(f"{AUTH}/get-session", headers=bearer(old))).json() is None

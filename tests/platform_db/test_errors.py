@@ -8,7 +8,8 @@ import pytest
 from platform_db.app import create_app
 from platform_db.trees import PLATFORM
 from tests.conftest import auth_settings, running
-from tests.factories import PASSWORD, query, sign_up
+from tests.factories import PASSWORD, sign_up
+from tests.pg import sql
 from web.app import SERVICE as WEB
 
 
@@ -138,12 +139,12 @@ async def test_database_error_rolls_back_the_request(
     platform_client: httpx.AsyncClient, db_url: str, raise_sql: str, status: int, code: str
 ) -> None:
     """Sign-up writes the user and account, then the session insert fails: nothing stays."""
-    await query(
+    await sql(
         db_url,
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
         f" AS $$ BEGIN {raise_sql}; END $$",
     )
-    await query(
+    await sql(
         db_url,
         "CREATE TRIGGER refuse_session BEFORE INSERT ON session"
         " FOR EACH ROW EXECUTE FUNCTION refuse()",
@@ -155,9 +156,9 @@ async def test_database_error_rolls_back_the_request(
     assert_error_shape(r, status, code)
     assert "set-cookie" not in r.headers
     for table in ("user", "account", "session"):
-        rows = await query(db_url, f'SELECT count(*) FROM "{table}"')
+        rows = await sql(db_url, f'SELECT count(*) FROM "{table}"')
         assert rows[0][0] == 0, table
     # The app is still healthy: once the trigger is gone the same sign-up works.
-    await query(db_url, "DROP TRIGGER refuse_session ON session")
+    await sql(db_url, "DROP TRIGGER refuse_session ON session")
     token, _ = await sign_up(platform_client, email="ada@example.com")
-    assert len(await query(db_url, "SELECT 1 FROM session WHERE token = $1", token)) == 1
+    assert len(await sql(db_url, "SELECT 1 FROM session WHERE token = $1", token)) == 1

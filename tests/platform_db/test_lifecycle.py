@@ -15,7 +15,8 @@ import httpx
 from platform_db.app import create_app
 from platform_db.auth import cookies
 from tests.conftest import TEST_SECRET, auth_settings, running
-from tests.factories import PASSWORD, query, sign_up, unique_email
+from tests.factories import PASSWORD, sign_up, unique_email
+from tests.pg import sql
 
 AUTH = "/api/auth"
 SECURE_COOKIE = "__Secure-better-auth.session_token"
@@ -76,7 +77,7 @@ async def new_user_sessions(client: httpx.AsyncClient, count: int) -> tuple[str,
 
 
 async def session_row(db_url: str, token: str) -> dict[str, Any] | None:
-    rows = await query(db_url, "SELECT * FROM session WHERE token = $1", token)
+    rows = await sql(db_url, "SELECT * FROM session WHERE token = $1", token)
     return dict(rows[0]) if rows else None
 
 
@@ -158,7 +159,7 @@ async def test_remember_me_off_is_a_browser_session_and_one_day(
     # 23 hours later it is still valid but never slides, even for a bearer client that
     # sends no dont_remember cookie.
     platform_client.cookies.clear()
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = expires_at - interval '23 hours',"
         " updated_at = updated_at - interval '23 hours',"
@@ -172,7 +173,7 @@ async def test_remember_me_off_is_a_browser_session_and_one_day(
     assert after == before
 
     # A day after sign-in it is over, and its row is gone.
-    await query(
+    await sql(
         db_url, "UPDATE session SET expires_at = expires_at - interval '2 hours' WHERE token = $1",
         token,
     )  # fmt: skip
@@ -218,7 +219,7 @@ async def test_list_sessions(platform_client: httpx.AsyncClient, db_url: str) ->
     }  # fmt: skip
 
     # An expired session is not listed.
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 minute'"
         " WHERE token = $1",
@@ -289,7 +290,7 @@ async def test_revoke_other_sessions(platform_client: httpx.AsyncClient, db_url:
     r = await platform_client.post(f"{AUTH}/revoke-other-sessions", headers=bearer(tokens[1]))
     assert r.status_code == 200, r.text
     assert r.json() == {"status": True}
-    rows = await query(db_url, "SELECT token FROM session WHERE user_id = $1", user_id)
+    rows = await sql(db_url, "SELECT token FROM session WHERE user_id = $1", user_id)
     assert [row["token"] for row in rows] == [tokens[1]]
     assert await is_live(platform_client, tokens[1])
     for gone in (tokens[0], tokens[2]):
@@ -307,7 +308,7 @@ async def test_revoke_all_sessions(platform_client: httpx.AsyncClient, db_url: s
     assert r.status_code == 200, r.text
     assert r.json() == {"status": True}
     assert set_cookies(r)[SECURE_COOKIE]["max-age"] == "0"
-    assert await query(db_url, "SELECT 1 FROM session WHERE user_id = $1", user["id"]) == []
+    assert await sql(db_url, "SELECT 1 FROM session WHERE user_id = $1", user["id"]) == []
     assert not await is_live(platform_client, current)
     assert not await is_live(platform_client, other)
     assert await is_live(platform_client, bystander)
@@ -318,7 +319,7 @@ async def test_revoke_all_sessions(platform_client: httpx.AsyncClient, db_url: s
 
 async def _age_session(db_url: str, token: str, age: timedelta) -> None:
     """Pretend the session's expiry was last set `age` ago."""
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = expires_at - $2::interval,"
         " updated_at = updated_at - $2::interval WHERE token = $1",
@@ -383,7 +384,7 @@ async def test_expired_session_is_rejected_and_deleted(
     platform_client: httpx.AsyncClient, db_url: str
 ) -> None:
     _, (token, other) = await new_user_sessions(platform_client, 2)
-    await query(
+    await sql(
         db_url,
         "UPDATE session SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second'"
         " WHERE token = $1",
@@ -525,7 +526,7 @@ async def test_sign_out_in_web_ends_the_session_in_trading(
     await _eventually_unauthorized(trading, token)
     r = await trading.get(f"{AUTH}/get-session", headers=bearer(token))
     assert r.json() is None
-    assert await query(full_db, "SELECT 1 FROM session WHERE token = $1", token) == []
+    assert await sql(full_db, "SELECT 1 FROM session WHERE token = $1", token) == []
     r = await trading.get("/todos", headers=bearer(other))  # someone else's session lives on
     assert r.status_code == 200
 

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from platform_db.app import create_app
 from platform_db.auth import passwords
 from tests.conftest import ORIGIN, auth_settings
-from tests.factories import PASSWORD, query, sign_up, unique_email
+from tests.factories import PASSWORD, sign_up, unique_email
+from tests.pg import sql
 
 AUTH = "/api/auth"
 SIGN_IN = f"{AUTH}/sign-in/email"
@@ -239,14 +240,14 @@ async def test_sign_in_costs_one_scrypt_whoever_asks(
         client.cookies.clear()
         # A user without a password (as a social sign-in would leave).
         no_password = unique_email("social")
-        await query(
+        await sql(
             db_url,
             'INSERT INTO "user" (id, name, email) VALUES ($1, $2, $3)',
             "u" * 32,
             "Social",
             no_password,
         )
-        [row] = await query(db_url, "SELECT password FROM account WHERE provider_id = 'credential'")
+        [row] = await sql(db_url, "SELECT password FROM account WHERE provider_id = 'credential'")
         known_salt = row["password"].split(":")[0]
 
         cases = [

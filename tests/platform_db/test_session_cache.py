@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,7 +40,8 @@ from platform_db.types import utcnow
 from tests.conftest import auth_settings, running
 from tests.e2e.conftest import Proc, Processes
 from tests.factories import sign_up, unique_email
-from tests.pg import plain_url
+from tests.pg import plain_url, sql
+from tests.polling import poll
 from trading.app import SERVICE as TRADING
 
 POLL = 5.0  # seconds an eventual effect (a NOTIFY, a reconnect) may take
@@ -55,25 +56,6 @@ ALL_TRIGGERS = (
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float = POLL) -> None:
-    """Wait until `check` holds, at most `within` seconds; fail naming `what` otherwise."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within:.0f}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-async def sql(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    """One statement on its own connection, as any other client of the database would."""
-    conn = await asyncpg.connect(plain_url(db_url))
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-        return rows
-    finally:
-        await conn.close()
 
 
 async def session_rows(db_url: str, token: str) -> int:

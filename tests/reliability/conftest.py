@@ -18,14 +18,15 @@ from platform_db.auth.tokens import generate_id, generate_token
 from platform_db.service import ServiceDefinition
 from platform_db.settings import AuthSettings
 from tests.conftest import auth_settings, running
-from tests.factories import PASSWORD, query
+from tests.factories import PASSWORD
+from tests.pg import sql
 
 
 async def mint_session(db_url: str, user_id: str) -> str:
     """A live 7-day session for `user_id` written straight to the table (as another process
     or a better-auth app would, and without hashing a password); its token."""
     token = generate_token()
-    await query(
+    await sql(
         db_url,
         "INSERT INTO session (id, token, user_id, expires_at, created_at, updated_at)"
         " SELECT $1, $2, $3, t + interval '7 days', t, t"

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from platform_db.service import ServiceDefinition
 from platform_db.todos.router import encode_cursor
 from platform_db.types import utcnow
 from tests.conftest import ORIGIN, TEST_SECRET
-from tests.factories import query
+from tests.pg import sql
+from tests.polling import poll
 from tests.reliability.conftest import Api, SignedUp, serving
 from tests.reliability.record import record
 
@@ -257,14 +257,6 @@ async def used_sessions(api: Api, t: Target, n: int) -> list[str]:
     return tokens
 
 
-async def poll(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within:.0f}s: {what}")
-        await asyncio.sleep(0.05)
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -273,7 +265,7 @@ async def expired(api: Api, t: Target, n: int) -> list[dict[str, str]]:
     """Sessions that expired (in the table, as time would do it) after being used and cached:
     NOTIFY must evict them."""
     tokens = await used_sessions(api, t, n)
-    await query(
+    await sql(
         api.db_url,
         "UPDATE session SET expires_at = now() AT TIME ZONE 'utc' - interval '1 minute'"
         " WHERE token = ANY($1::text[])",
@@ -283,7 +275,7 @@ async def expired(api: Api, t: Target, n: int) -> list[dict[str, str]]:
     async def evicted() -> bool:
         return all(cache_of(api).get(token) is None for token in tokens)
 
-    await poll(evicted, 10, "the session cache evicts expired sessions (NOTIFY)")
+    await poll(evicted, "the session cache evicts expired sessions (NOTIFY)", within=10)
     return [bearer(token) for token in tokens]
 
 
@@ -295,7 +287,7 @@ async def revoked(api: Api, t: Target, n: int) -> list[dict[str, str]]:
             f"{AUTH}/revoke-session", json={"token": token}, headers=t.victim.bearer
         )
         assert r.status_code == 200, r.text
-    rows = await query(api.db_url, "SELECT 1 FROM session WHERE token = ANY($1::text[])", tokens)
+    rows = await sql(api.db_url, "SELECT 1 FROM session WHERE token = ANY($1::text[])", tokens)
     assert rows == []
     return [bearer(token) for token in tokens]
 
@@ -717,7 +709,7 @@ async def test_unicode_is_stored_verbatim_or_refused(api: Api, service: ServiceD
             continue
         todo_id = r.json()["id"]
         got = await tally.send(api.client, "GET", f"/todos/{todo_id}", headers=headers)
-        rows = await query(
+        rows = await sql(
             api.db_url,
             f"SELECT title, description FROM {service.name}.todos WHERE id = $1",
             todo_id,
@@ -847,7 +839,7 @@ async def test_injection_strings_are_data(api: Api, service: ServiceDefinition) 
             continue
         created.append(r.json()["id"])
         got = await tally.send(api.client, "GET", f"/todos/{r.json()['id']}", headers=headers)
-        rows = await query(
+        rows = await sql(
             api.db_url,
             f"SELECT title, description FROM {service.name}.todos WHERE id = $1",
             r.json()["id"],
@@ -873,7 +865,7 @@ async def test_injection_strings_are_data(api: Api, service: ServiceDefinition) 
         )
         api.client.cookies.clear()
         if tally.expect_created(r, f"sign-up named {s!r}", status=200):
-            stored = await query(
+            stored = await sql(
                 api.db_url, 'SELECT name FROM "user" WHERE id = $1', r.json()["user"]["id"]
             )
             tally.expect(r.json()["user"]["name"] == s and stored[0]["name"] == s, f"name {s!r}")
@@ -890,7 +882,7 @@ async def test_injection_strings_are_data(api: Api, service: ServiceDefinition) 
         r = await tally.send(api.client, "GET", f"/todos/{quote(s, safe='')}", headers=headers)
         tally.expect(r.status_code == 404, f"GET /todos/{s!r}: {describe(r)}")
     # Everything is still there: the tables, every todo, the victim's session.
-    tables = await query(
+    tables = await sql(
         api.db_url,
         "SELECT count(*) AS n FROM information_schema.tables WHERE (table_schema, table_name)"
         " IN (('public', 'user'), ('public', 'session'), ('public', 'account'),"

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 
 from platform_db.trees import PLATFORM
-from tests.e2e.conftest import command, service_env, sql, versions
-from tests.pg import create_database, drop_database, plain_url
+from tests.e2e.conftest import command, service_env, versions
+from tests.pg import create_database, drop_database, plain_url, sql
 from tests.reliability.fault_helpers import sign_up, started_processes
 from tests.reliability.record import record
 from web.app import TREE as WEB_TREE

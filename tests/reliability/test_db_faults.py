@@ -15,8 +15,8 @@ import pytest
 from platform_db import migrate
 from platform_db.embedded import EmbeddedPostgres, free_port
 from platform_db.trees import PLATFORM
-from tests.e2e.conftest import command, run, service_env, sql
-from tests.pg import create_database
+from tests.e2e.conftest import command, run, service_env
+from tests.pg import create_database, sql
 from tests.reliability.fault_helpers import (
     DURABLE_SETTINGS,
     Load,

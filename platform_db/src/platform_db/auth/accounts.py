@@ -6,6 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from platform_db.auth.cache import SessionCache
 from platform_db.auth.tokens import generate_id
 from platform_db.models import Account, User
 from platform_db.types import utcnow
@@ -47,8 +48,13 @@ async def set_password(db: AsyncSession, user_id: str, password_hash: str) -> No
     await db.flush()
 
 
-async def mark_email_verified(db: AsyncSession, user_id: str) -> bool:
+async def mark_email_verified(
+    db: AsyncSession, user_id: str, *, cache: SessionCache | None = None
+) -> bool:
+    """Set the flag; `cache`: this process's cached copies of the user go at once."""
     result = await db.execute(
         update(User).where(col(User.id) == user_id).values(email_verified=True, updated_at=utcnow())
     )
+    if cache is not None:
+        cache.evict_user(user_id)
     return bool(result.rowcount)  # type: ignore[attr-defined]

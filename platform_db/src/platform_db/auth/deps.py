@@ -115,10 +115,7 @@ async def _required_auth(
 async def _current_user(
     request: Request, response: Response, db: DbSession, bearer: Bearer
 ) -> User:
-    ctx = await authenticate(request, response, db, bearer)
-    if ctx is None:
-        raise Unauthorized()
-    return ctx.user
+    return (await _required_auth(request, response, db, bearer)).user
 
 
 OptionalAuth = Annotated[AuthContext | None, Depends(_optional_auth)]

@@ -175,9 +175,8 @@ async def verify_email(
             user_id = found.scalar_one_or_none()
             if claims.get("userId") not in (None, user_id):
                 user_id = None
-    if user_id is None or not await mark_email_verified(db, user_id):
+    if user_id is None or not await mark_email_verified(db, user_id, cache=cache):
         return _fail(InvalidToken, callback_url)
-    cache.evict_user(user_id)  # this process's cached user says unverified
     if callback_url:
         return RedirectResponse(callback_url, status_code=302)
     return VerifyEmailResult(status=True, user=None)
@@ -267,6 +266,5 @@ async def reset_password(
     if user is None:
         raise InvalidToken()
     await set_password(db, user.id, await hasher.hash(body.new_password))
-    await revoke_user_sessions(db, user.id)
-    cache.evict_user(user.id)
+    await revoke_user_sessions(db, user.id, cache=cache)
     return Status(status=True)

@@ -199,8 +199,7 @@ async def sign_out(
     token = session_token(request, settings, bearer)
     if token is None:
         raise FailedToGetSession()
-    await revoke_session(db, token)
-    cache.evict_token(token)
+    await revoke_session(db, token, cache=cache)
     clear_session_cookie(response, settings)
     return Success(success=True)
 

@@ -57,8 +57,7 @@ async def revoke_one_session(
     cache: Cache,
 ) -> Status:
     """End one of the signed-in user's sessions (another user's token is ignored)."""
-    if await revoke_user_session(db, ctx.user.id, body.token):
-        cache.evict_token(body.token)
+    await revoke_user_session(db, ctx.user.id, body.token, cache=cache)
     if body.token == ctx.session.token:
         clear_session_cookie(response, settings)
     return Status(status=True)
@@ -69,8 +68,7 @@ async def revoke_all_sessions(
     ctx: CurrentSession, db: DbSession, response: Response, settings: Settings, cache: Cache
 ) -> Status:
     """End every session of the signed-in user, this one included."""
-    await revoke_user_sessions(db, ctx.user.id)
-    cache.evict_user(ctx.user.id)
+    await revoke_user_sessions(db, ctx.user.id, cache=cache)
     clear_session_cookie(response, settings)
     return Status(status=True)
 
@@ -78,8 +76,7 @@ async def revoke_all_sessions(
 @router.post("/revoke-other-sessions", response_model=Status)
 async def revoke_other_sessions(ctx: CurrentSession, db: DbSession, cache: Cache) -> Status:
     """End every session of the signed-in user except this one."""
-    await revoke_user_sessions(db, ctx.user.id, keep_token=ctx.session.token)
-    cache.evict_user(ctx.user.id)
+    await revoke_user_sessions(db, ctx.user.id, keep_token=ctx.session.token, cache=cache)
     return Status(status=True)
 
 
@@ -114,8 +111,7 @@ async def change_password(
     if body.revoke_other_sessions:
         # As better-auth: every session ends, this one too, and a fresh one replaces it, so a
         # token that leaked with the old password is useless.
-        await revoke_user_sessions(db, ctx.user.id)
-        cache.evict_user(ctx.user.id)
+        await revoke_user_sessions(db, ctx.user.id, cache=cache)
         ip, agent = client_info(request)
         policy = SessionPolicy.from_settings(settings)
         remember = not policy.is_short(ctx.session)  # a browser-session login stays one

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from platform_db.auth.cache import SessionCache
 from platform_db.auth.tokens import generate_id, generate_token
 from platform_db.models import Session, User
 from platform_db.settings import AuthSettings
@@ -132,24 +133,41 @@ async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:
     return list(rows.scalars())
 
 
-async def revoke_session(db: AsyncSession, token: str) -> bool:
+# Revocations also evict from this process's cache (`cache`) at once: the NOTIFY the delete
+# fires reaches every process, this one included, but only after the commit.
+async def revoke_session(
+    db: AsyncSession, token: str, *, cache: SessionCache | None = None
+) -> bool:
     result = await db.execute(delete(Session).where(col(Session.token) == token))
+    if cache is not None:
+        cache.evict_token(token)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def revoke_user_session(db: AsyncSession, user_id: str, token: str) -> bool:
+async def revoke_user_session(
+    db: AsyncSession, user_id: str, token: str, *, cache: SessionCache | None = None
+) -> bool:
     """Revoke one of `user_id`'s sessions; another user's token is left alone."""
     result = await db.execute(
         delete(Session).where(col(Session.token) == token, col(Session.user_id) == user_id)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    revoked = bool(result.rowcount)  # type: ignore[attr-defined]
+    if revoked and cache is not None:
+        cache.evict_token(token)
+    return revoked
 
 
 async def revoke_user_sessions(
-    db: AsyncSession, user_id: str, *, keep_token: str | None = None
+    db: AsyncSession,
+    user_id: str,
+    *,
+    keep_token: str | None = None,
+    cache: SessionCache | None = None,
 ) -> int:
     stmt = delete(Session).where(col(Session.user_id) == user_id)
     if keep_token is not None:
         stmt = stmt.where(col(Session.token) != keep_token)
     result = await db.execute(stmt)
+    if cache is not None:
+        cache.evict_user(user_id)
     return int(result.rowcount)  # type: ignore[attr-defined]
