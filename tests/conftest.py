@@ -91,6 +91,7 @@ def auth_settings(database_url: str, **overrides: object) -> AuthSettings:
         "DATABASE_URL": database_url,
         "AUTH_SECRET": TEST_SECRET,
         "ENVIRONMENT": "test",
+        "AUTH_URL": ORIGIN,
         "DB_POOL_SIZE": 5,
     }
     values.update(overrides)
@@ -106,6 +107,14 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             transport=transport, base_url=ORIGIN, headers={"origin": ORIGIN}
         ) as client:
             yield client
+
+
+@asynccontextmanager
+async def app_client(db_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for an app with only the platform's routes, with these settings."""
+    app = create_app(title="platform test", settings=auth_settings(db_url, **overrides))
+    async with running(app) as client:
+        yield client
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,9 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from platform_db.app import create_app
 from platform_db.auth import cookies
-from tests.conftest import TEST_SECRET, auth_settings, running
+from tests.conftest import TEST_SECRET, app_client
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import sql
 
@@ -44,13 +42,6 @@ EVIL_CALLBACKS = [
     "javascript:alert(1)",
     "http://testserver/welcome",  # the right host, the wrong scheme
 ]
-
-
-@asynccontextmanager
-async def app_client(db_url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(title="email test", settings=auth_settings(db_url, **overrides))
-    async with running(app) as client:
-        yield client
 
 
 @pytest.fixture

@@ -19,7 +19,11 @@ from platform_db.auth.sessions import SessionPolicy
 from platform_db.db import Database, asyncpg_dsn, create_engine
 from platform_db.errors import install_error_handlers
 from platform_db.health import router as health_router
-from platform_db.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from platform_db.middleware import (
+    AllowedHostsMiddleware,
+    BodySizeLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from platform_db.migrate import MigrationTree
 from platform_db.settings import AuthSettings
 from platform_db.trees import PLATFORM
@@ -123,6 +127,11 @@ def create_app(
     if settings.rate_limits_on:
         app.add_middleware(RateLimitMiddleware, rules=rules_from(settings))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AllowedHostsMiddleware,
+        patterns=settings.host_patterns,
+        exempt_paths=frozenset({"/healthz", "/readyz"}),
+    )
     # Added last, so outermost: the answers of the middleware above get the headers too.
     app.add_middleware(SecurityHeadersMiddleware, docs_paths=("/docs", "/static-offline-docs"))
     # The service's own routes first: routing tries routes in order, and they are the busy ones.

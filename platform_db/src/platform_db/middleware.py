@@ -1,4 +1,5 @@
-"""Plain ASGI middleware every service runs: a request size limit and security headers."""
+"""Plain ASGI middleware every service runs: allowed hosts, a request size limit, security
+headers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,53 @@ class PayloadTooLarge(AppError):
     status_code = 413
     code = "PAYLOAD_TOO_LARGE"
     message = "The request body is too large"
+
+
+class InvalidHost(AppError):
+    status_code = 400
+    code = "INVALID_HOST"
+    message = "Invalid host header"
+
+
+def _host_allowed(host: str, patterns: frozenset[str]) -> bool:
+    if host in patterns:
+        return True
+    return any(p.startswith("*.") and host.endswith(p[1:]) for p in patterns)
+
+
+class AllowedHostsMiddleware:
+    """Answer only requests whose Host is an allowed host (Starlette's TrustedHostMiddleware,
+    without its per-request header parsing, and with the probes' paths exempt: Kubernetes
+    sends the pod's address as Host)."""
+
+    def __init__(
+        self, app: ASGIApp, *, patterns: frozenset[str], exempt_paths: frozenset[str]
+    ) -> None:
+        self.app, self.exempt = app, exempt_paths
+        self.any = "*" in patterns
+        self.patterns = frozenset(p.lower() for p in patterns)
+        self.known: set[bytes] = set()  # Host values already found allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = b""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                break
+        if host in self.known or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        text = host.decode("latin-1").lower()
+        name = text.rsplit(":", 1)[0] if not text.endswith("]") else text
+        if name and _host_allowed(name, self.patterns):
+            if len(self.known) < 1024:
+                self.known.add(host)
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, InvalidHost)
 
 
 class BodySizeLimitMiddleware:
@@ -74,7 +122,11 @@ class SecurityHeadersMiddleware:
             return
         path: str = scope.get("path", "")
         csp = _DOCS_CSP if path.startswith(self.docs_paths) else _API_CSP
-        auth = path.startswith("/api/auth")
+        # Answers to a request carrying credentials are the user's own: no shared cache may
+        # keep them, and no cache at all may keep the auth routes' tokens.
+        private = path.startswith("/api/auth") or any(
+            name in (b"authorization", b"cookie") for name, _ in scope["headers"]
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -84,8 +136,8 @@ class SecurityHeadersMiddleware:
                 headers.append("content-security-policy", csp.decode())
                 if scope.get("scheme") == "https":
                     headers.append("strict-transport-security", "max-age=31536000")
-                if auth:  # answers carry tokens: no cache may keep them
-                    headers["cache-control"] = "no-store"
+                if private:
+                    headers["cache-control"] = "private, no-store"
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

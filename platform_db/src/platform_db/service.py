@@ -11,17 +11,20 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from platform_db import migrate
 from platform_db.cli import main_for
+from platform_db.http_server import BoundedHttpToolsProtocol, ServerSettings
 from platform_db.migrate import MigrationError, MigrationTree
 from platform_db.settings import AuthSettings
 
 log = logging.getLogger(__name__)
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,24 @@ class ServiceDefinition:
     description: str = ""
 
 
-def load_settings() -> AuthSettings:
+def _load(kind: type[SettingsT], what: str) -> SettingsT:
     try:
-        return AuthSettings()
+        return kind()
     except ValidationError as exc:
-        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-        raise MigrationError(f"invalid or missing settings: {problems}") from None
+        # A check across several settings has no single field to name.
+        problems = "; ".join(
+            f"{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise MigrationError(f"invalid or missing {what}: {problems}") from None
+
+
+def load_settings() -> AuthSettings:
+    return _load(AuthSettings, "settings")
+
+
+def load_server_settings() -> ServerSettings:
+    return _load(ServerSettings, "server settings")
 
 
 # Single-use tokens that travel in URLs: the mailed reset link's path, ?token= of the
@@ -75,6 +90,7 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
     import uvicorn
 
     settings = load_settings()
+    server = load_server_settings()
     heads = asyncio.run(
         migrate.upgrade(
             service.tree,
@@ -88,14 +104,19 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(f"{service.name}: serving on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
     sys.stdout.flush()
+    BoundedHttpToolsProtocol.limits = server
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level=os.environ.get("LOG_LEVEL", "info").lower(),
-        proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        access_log=os.environ.get("ACCESS_LOG", "1") != "0",
+        http=BoundedHttpToolsProtocol,
+        # No limit_concurrency: it answers 503 to every request once MAX_CONNECTIONS are
+        # open, where the protocol bounds the connections themselves (one task each).
+        timeout_keep_alive=server.keep_alive_timeout,
+        log_level=server.log_level,
+        proxy_headers=bool(server.forwarded_allow_ips),
+        forwarded_allow_ips=server.forwarded_allow_ips or None,
+        access_log=server.access_log,
         log_config=_log_config(),
     )
     return 0

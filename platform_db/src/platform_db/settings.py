@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from platform_db.urls import origin_of
+
 
 def parse_rate(value: str) -> tuple[int, float]:
     """`"3/10"`: at most 3 requests per 10 seconds."""
@@ -80,6 +82,11 @@ class AuthSettings(DatabaseSettings):
     auth_url: str | None = Field(
         default=None, validation_alias=AliasChoices("AUTH_URL", "BETTER_AUTH_URL")
     )
+    # Host headers this server answers to (`*` for any, `*.example.com` for subdomains); by
+    # default the hosts of AUTH_URL and TRUSTED_ORIGINS, and loopback.
+    allowed_hosts: Annotated[list[str], NoDecode] | None = Field(
+        default=None, validation_alias="ALLOWED_HOSTS"
+    )
     require_email_verification: bool = Field(
         default=False, validation_alias="REQUIRE_EMAIL_VERIFICATION"
     )
@@ -128,12 +135,46 @@ class AuthSettings(DatabaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mail_links_need_auth_url(self) -> AuthSettings:
+        if self.smtp_host and not self.auth_url and self.environment != "development":
+            raise ValueError(
+                "SMTP_HOST needs AUTH_URL (the public base URL, e.g. https://app.example.com): "
+                "links in mails are built from it, never from a request's Host header"
+            )
+        if self.auth_url and origin_of(self.auth_url) is None:
+            raise ValueError("AUTH_URL must be an http(s) URL such as https://app.example.com")
+        return self
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @cached_property
+    def host_patterns(self) -> frozenset[str]:
+        """ALLOWED_HOSTS, or its default: AUTH_URL's and TRUSTED_ORIGINS' hosts, loopback."""
+        if self.allowed_hosts is not None:
+            return frozenset(self.allowed_hosts)
+        hosts = {"localhost", "127.0.0.1", "[::1]"}
+        for origin in self.redirect_origins:
+            hosts.add(origin.split("://", 1)[1].rsplit(":", 1)[0])
+        return frozenset(hosts)
+
     @field_validator("trusted_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
+
+    @cached_property
+    def redirect_origins(self) -> frozenset[str]:
+        """Origins a redirect may leave for: TRUSTED_ORIGINS and AUTH_URL's, normalised."""
+        found = (origin_of(o) for o in [*self.trusted_origins, self.auth_url or ""])
+        return frozenset(o for o in found if o is not None)
 
     @cached_property
     def rate_limits_on(self) -> bool:

@@ -48,6 +48,42 @@ async def set_password(db: AsyncSession, user_id: str, password_hash: str) -> No
     await db.flush()
 
 
+async def password_is_current(db: AsyncSession, user_id: str, password_hash: str) -> bool:
+    """Whether `password_hash` is still the user's password, locking it until commit.
+
+    Sign-in verifies a password, then creates a session; a reset or change committing in
+    between must win. FOR SHARE waits for a pending change (and then sees the new hash), and
+    holds a change back until this transaction's session is committed, so the change's
+    "end every session" sees it.
+    """
+    stmt = (
+        select(col(Account.id))
+        .where(
+            col(Account.user_id) == user_id,
+            col(Account.provider_id) == CREDENTIAL_PROVIDER,
+            col(Account.password) == password_hash,
+        )
+        .with_for_update(read=True)
+    )
+    return (await db.execute(stmt)).first() is not None
+
+
+async def replace_password(
+    db: AsyncSession, user_id: str, current_hash: str, new_hash: str
+) -> bool:
+    """Compare and set: store `new_hash` only if `current_hash` is still the password."""
+    result = await db.execute(
+        update(Account)
+        .where(
+            col(Account.user_id) == user_id,
+            col(Account.provider_id) == CREDENTIAL_PROVIDER,
+            col(Account.password) == current_hash,
+        )
+        .values(password=new_hash, updated_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def mark_email_verified(
     db: AsyncSession, user_id: str, *, cache: SessionCache | None = None
 ) -> bool:

@@ -51,7 +51,7 @@ def session_token(
         # better-auth's bearer plugin accepts the raw token or the signed `token.sig` form,
         # URL-encoded (the cookie's own value) or not.
         return cookies.decode_cookie_value(value, secret) if "." in value else value
-    raw = request.cookies.get(settings.session_cookie_name)
+    raw = cookies.read_cookies(request.scope["headers"]).get(settings.session_cookie_name)
     if raw:
         return cookies.decode_cookie_value(raw, secret)
     return None

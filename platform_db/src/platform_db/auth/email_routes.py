@@ -6,12 +6,13 @@ the answer (and its timing) does not tell whether an address has an account.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
-from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -32,12 +33,11 @@ from platform_db.auth.errors import (
 )
 from platform_db.auth.http import (
     base_url,
-    check_callback_url,
+    callback_target,
     check_password_length,
     normalize_email,
-    with_query,
 )
-from platform_db.auth.mail import Mail, Mailer, deliver
+from platform_db.auth.mail import Mail, Mailer, deliver, display_name
 from platform_db.auth.schemas import (
     RequestPasswordReset,
     ResetPassword,
@@ -48,11 +48,13 @@ from platform_db.auth.schemas import (
     VerifyEmailResult,
 )
 from platform_db.auth.sessions import revoke_user_sessions
-from platform_db.db import DbSession, writes
+from platform_db.db import Database, DbSession, writes
 from platform_db.errors import AppError, responses
 from platform_db.models import User
 from platform_db.settings import AuthSettings
+from platform_db.urls import Redirect, RedirectTarget
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 RESET_MESSAGE = "If this email exists in our system, check your email for the reset link"
@@ -63,16 +65,21 @@ def _require_mail(mailer: Mailer) -> None:
         raise EmailNotConfigured()
 
 
-async def send_verification_mail(
+def _mail_with_callback(link: str, callback: RedirectTarget | None) -> str:
+    if callback is None:
+        return link
+    sep = "&" if "?" in link else "?"
+    return f"{link}{sep}callbackURL={quote(callback.url(), safe='')}"
+
+
+async def verification_mail(
     db: AsyncSession,
-    background: BackgroundTasks,
-    mailer: Mailer,
-    request: Request,
     settings: AuthSettings,
+    links: str,
     user: User,
-    callback_url: str | None,
-) -> None:
-    """Issue a verification token for `user` and mail its link once the request commits."""
+    callback: RedirectTarget | None,
+) -> Mail:
+    """Issue a verification token for `user`; the mail carrying its link (`links`: base_url)."""
     token = await verification.issue(
         db,
         verification.EMAIL_VERIFICATION,
@@ -80,14 +87,49 @@ async def send_verification_mail(
         timedelta(seconds=settings.email_verification_expires_in),
         length=32,
     )
-    link = f"{base_url(request, settings)}/verify-email?token={token}"
-    if callback_url:
-        link += f"&callbackURL={quote(callback_url, safe='')}"
+    link = _mail_with_callback(f"{links}/verify-email?token={token}", callback)
     text = (
-        f"Hello {user.name},\n\nOpen this link to verify your email address:\n{link}\n\n"
-        "If you did not sign up, ignore this mail.\n"
+        f"Hello {display_name(user.name)},\n\nOpen this link to verify your email address:\n"
+        f"{link}\n\nIf you did not sign up, ignore this mail.\n"
     )
-    background.add_task(deliver, mailer, Mail(user.email, "Verify your email address", text))
+    return Mail(user.email, "Verify your email address", text)
+
+
+async def send_verification_mail(
+    db: AsyncSession,
+    background: BackgroundTasks,
+    mailer: Mailer,
+    request: Request,
+    settings: AuthSettings,
+    user: User,
+    callback: RedirectTarget | None,
+) -> None:
+    """Issue a verification token for `user` and mail its link once the request commits."""
+    mail = await verification_mail(db, settings, base_url(request, settings), user, callback)
+    background.add_task(deliver, mailer, mail)
+
+
+async def _after_response(
+    database: Database, mailer: Mailer, prepare: Callable[[AsyncSession], Awaitable[Mail | None]]
+) -> None:
+    """Look up, write and mail after the answer has gone, in a transaction of its own.
+
+    So the answer takes the same work whether or not the address has an account: nothing
+    about the account is read or written before it.
+    """
+    try:
+        async with database.sessionmaker() as db, db.begin():
+            mail = await prepare(db)
+    except Exception as exc:
+        log.error("could not prepare mail: %s", type(exc).__name__)
+        return
+    if mail is not None:
+        await deliver(mailer, mail)
+
+
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.db
+    return database
 
 
 @router.post(
@@ -103,32 +145,33 @@ async def send_verification_email(
     request: Request,
     background: BackgroundTasks,
     ctx: OptionalAuth,
-    db: DbSession,
     settings: Settings,
     mailer: MailerDep,
 ) -> Status:
     """Mail a verification link; without a session the answer is the same for any address."""
     _require_mail(mailer)
     email = normalize_email(body.email)
-    check_callback_url(body.callback_url, request, settings)
+    callback = callback_target(body.callback_url, request, settings)
     if ctx is not None:
         if ctx.user.email != email:
             raise EmailMismatch()
         if ctx.user.email_verified:
             raise EmailAlreadyVerified()
-        user: User | None = ctx.user
-    else:
+    links = base_url(request, settings)
+
+    async def prepare(db: AsyncSession) -> Mail | None:
         user = await find_user_by_email(db, email)
-    if user is not None and not user.email_verified:
-        await send_verification_mail(
-            db, background, mailer, request, settings, user, body.callback_url
-        )
+        if user is None or user.email_verified:
+            return None
+        return await verification_mail(db, settings, links, user, callback)
+
+    background.add_task(_after_response, _database(request), mailer, prepare)
     return Status(status=True)
 
 
-def _fail(error: type[AppError], callback_url: str | None) -> RedirectResponse:
-    if callback_url:
-        return RedirectResponse(with_query(callback_url, error=error.code), status_code=302)
+def _fail(error: type[AppError], callback: RedirectTarget | None) -> Redirect:
+    if callback is not None:
+        return Redirect(callback, error=error.code)
     raise error()
 
 
@@ -148,21 +191,21 @@ async def verify_email(
     cache: Cache,
     token: Annotated[str, Query(max_length=4096)],
     callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
-) -> VerifyEmailResult | RedirectResponse:
+) -> VerifyEmailResult | Redirect:
     """Mark the address verified with the token from the mail (ours, or a better-auth app's)."""
-    check_callback_url(callback_url, request, settings)
+    callback = callback_target(callback_url, request, settings)
     user_id: str | None = None
     used = await verification.consume(db, verification.EMAIL_VERIFICATION, token)
     if used is not None:
         if used.expired:
-            return _fail(TokenExpired, callback_url)
+            return _fail(TokenExpired, callback)
         user_id = used.value
     else:
         secret = settings.auth_secret.get_secret_value()
         try:
             claims = verification.verify_better_auth_jwt(token, secret)
         except verification.JwtExpired:
-            return _fail(TokenExpired, callback_url)
+            return _fail(TokenExpired, callback)
         # A change-email token (updateTo) is a flow we do not offer: refuse it.
         if (
             claims is not None
@@ -176,9 +219,9 @@ async def verify_email(
             if claims.get("userId") not in (None, user_id):
                 user_id = None
     if user_id is None or not await mark_email_verified(db, user_id, cache=cache):
-        return _fail(InvalidToken, callback_url)
-    if callback_url:
-        return RedirectResponse(callback_url, status_code=302)
+        return _fail(InvalidToken, callback)
+    if callback is not None:
+        return Redirect(callback)
     return VerifyEmailResult(status=True, user=None)
 
 
@@ -191,30 +234,34 @@ async def request_password_reset(
     body: RequestPasswordReset,
     request: Request,
     background: BackgroundTasks,
-    db: DbSession,
     settings: Settings,
     mailer: MailerDep,
 ) -> StatusMessage:
     """Mail a one-hour reset link; the answer is the same whether the address has an account."""
     _require_mail(mailer)
     email = normalize_email(body.email)
-    check_callback_url(body.redirect_to, request, settings)
-    user = await find_user_by_email(db, email)
-    if user is not None:
+    callback = callback_target(body.redirect_to, request, settings)
+    links = base_url(request, settings)
+
+    async def prepare(db: AsyncSession) -> Mail | None:
+        user = await find_user_by_email(db, email)
+        if user is None:
+            return None
         token = await verification.issue(
             db,
             verification.RESET_PASSWORD,
             user.id,
             timedelta(seconds=settings.reset_password_expires_in),
         )
-        link = f"{base_url(request, settings)}/reset-password/{token}"
-        if body.redirect_to:
-            link += f"?callbackURL={quote(body.redirect_to, safe='')}"
+        link = _mail_with_callback(f"{links}/reset-password/{token}", callback)
         text = (
-            f"Hello {user.name},\n\nOpen this link to choose a new password:\n{link}\n\n"
-            "It works once, for one hour. If you did not ask for it, ignore this mail.\n"
+            f"Hello {display_name(user.name)},\n\nOpen this link to choose a new password:\n"
+            f"{link}\n\nIt works once, for one hour. If you did not ask for it, ignore this "
+            "mail.\n"
         )
-        background.add_task(deliver, mailer, Mail(user.email, "Reset your password", text))
+        return Mail(user.email, "Reset your password", text)
+
+    background.add_task(_after_response, _database(request), mailer, prepare)
     return StatusMessage(status=True, message=RESET_MESSAGE)
 
 
@@ -232,13 +279,13 @@ async def reset_password_link(
     db: DbSession,
     settings: Settings,
     callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
-) -> ResetToken | RedirectResponse:
+) -> ResetToken | Redirect:
     """The link in the reset mail: on to the app's reset page with the token, if it is live."""
-    check_callback_url(callback_url, request, settings)
+    callback = callback_target(callback_url, request, settings)
     if not await verification.peek(db, verification.RESET_PASSWORD, token):
-        return _fail(InvalidToken, callback_url)
-    if callback_url:
-        return RedirectResponse(with_query(callback_url, token=token), status_code=302)
+        return _fail(InvalidToken, callback)
+    if callback is not None:
+        return Redirect(callback, token=token)
     return ResetToken(token=token)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import Request, Response
 
@@ -18,6 +17,7 @@ from platform_db.auth.errors import (
 from platform_db.auth.passwords import MAX_LENGTH, MIN_LENGTH
 from platform_db.models import Session
 from platform_db.settings import AuthSettings
+from platform_db.urls import RedirectTarget, UnsafeTarget, origin_of, parse_target
 
 _WS = " \t\n\r\f\v"  # ASCII whitespace only, as the pattern OpenAPI documents
 _EMAIL = re.compile(r"^[^\s@\x00]+@[^\s@\x00]+\.[^\s@\x00]+$", re.ASCII)
@@ -79,7 +79,9 @@ def set_session_cookie(
             cookies.encode_cookie_value("true", secret),
             **options,
         )
-    elif request is not None and settings.dont_remember_cookie_name in request.cookies:
+    elif request is not None and settings.dont_remember_cookie_name in cookies.read_cookies(
+        request.scope["headers"]
+    ):
         # Left over from an earlier "remember me" off sign-in: it would stop this one sliding.
         response.delete_cookie(settings.dont_remember_cookie_name, **options)
 
@@ -102,35 +104,30 @@ def client_info(request: Request) -> tuple[str | None, str | None]:
 
 
 def base_url(request: Request, settings: AuthSettings) -> str:
-    """Where this server's /api/auth lives, for links in mails."""
-    root = settings.auth_url or str(request.base_url)
+    """Where this server's /api/auth lives, for links in mails.
+
+    From AUTH_URL; the request's own Host is used only in development (settings refuse to
+    start with mail configured and no AUTH_URL elsewhere), so a forged Host header can never
+    put its own address into a mailed link.
+    """
+    if settings.auth_url:
+        root = settings.auth_url
+    elif settings.environment == "development":
+        root = str(request.base_url)
+    else:
+        raise RuntimeError("AUTH_URL is required to build links outside development")
     return root.rstrip("/") + "/api/auth"
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def check_callback_url(url: str | None, request: Request, settings: AuthSettings) -> None:
-    """A redirect target must be a path on this site or a trusted origin (no open redirect)."""
+def callback_target(
+    url: str | None, request: Request, settings: AuthSettings
+) -> RedirectTarget | None:
+    """A redirect target: a path on this site or a trusted origin (no open redirect)."""
     if not url:
-        return
-    if url.startswith("/") and not url.startswith("//") and "\\" not in url:
-        return
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        allowed = {o.lower() for o in settings.trusted_origins}
-        allowed.add(_origin(str(request.base_url)))
-        if settings.auth_url:
-            allowed.add(_origin(settings.auth_url))
-        if _origin(url) in allowed:
-            return
-    raise InvalidCallbackUrl()
-
-
-def with_query(url: str, **params: str) -> str:
-    """`url` with `params` added to its query string."""
-    parts = urlsplit(url)
-    query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+        return None
+    own = origin_of(str(request.base_url))
+    allowed = settings.redirect_origins if own is None else settings.redirect_origins | {own}
+    try:
+        return parse_target(url, allowed)
+    except UnsafeTarget:
+        raise InvalidCallbackUrl() from None

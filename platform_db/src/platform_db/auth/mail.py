@@ -8,6 +8,7 @@ answer 503 EMAIL_NOT_CONFIGURED instead of dropping the message.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
@@ -17,6 +18,23 @@ import aiosmtplib
 from platform_db.settings import AuthSettings
 
 log = logging.getLogger(__name__)
+
+
+MAX_NAME_IN_MAIL = 64
+
+
+def display_name(name: str) -> str:
+    """A user's name as it may appear in a mail: no control or format characters (no line
+    breaks, no bidi overrides), whitespace folded, at most MAX_NAME_IN_MAIL characters."""
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in name
+        if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+    folded = " ".join(kept.split())
+    if len(folded) > MAX_NAME_IN_MAIL:
+        folded = folded[: MAX_NAME_IN_MAIL - 1].rstrip() + "…"
+    return folded or "there"
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from platform_db.auth.cookies import read_cookies
 from platform_db.auth.errors import InvalidOrigin, MissingOrigin
 from platform_db.errors import send_error
 
@@ -30,23 +30,18 @@ class TrustedOriginMiddleware:
         self.cookie_names = frozenset(cookie_names)
         self.trusted = frozenset(o.lower().rstrip("/") for o in trusted_origins)
 
-    def _has_session_cookie(self, raw: str) -> bool:
-        if not raw:
-            return False
-        # The parser request.cookies (so authentication) uses: a lenient one. A stricter one
-        # here would stop at a malformed cookie placed first, and a cookie the session
-        # dependency can still read would slip past this check.
-        jar = cookie_parser(raw)
+    def _has_session_cookie(self, scope: Scope) -> bool:
+        jar = read_cookies(scope["headers"])
         return any(name in jar for name in self.cookie_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if not self._has_session_cookie(headers.get("cookie", "")):
+        if not self._has_session_cookie(scope):
             await self.app(scope, receive, send)
             return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin")
         if not origin or origin == "null":
             referer = headers.get("referer")

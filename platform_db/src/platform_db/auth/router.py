@@ -11,7 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from platform_db.auth.accounts import CREDENTIAL_PROVIDER, new_credential_account
+from platform_db.auth.accounts import (
+    CREDENTIAL_PROVIDER,
+    new_credential_account,
+    password_is_current,
+)
 from platform_db.auth.deps import (
     Cache,
     Hasher,
@@ -34,7 +38,7 @@ from platform_db.auth.errors import (
     UserAlreadyExists,
 )
 from platform_db.auth.http import (
-    check_callback_url,
+    callback_target,
     check_password_length,
     clear_session_cookie,
     client_info,
@@ -90,7 +94,7 @@ async def sign_up_email(
     """Create a user with an email and password and sign them in (unless they must verify)."""
     email = normalize_email(body.email)
     check_password_length(body.password)
-    check_callback_url(body.callback_url, request, settings)
+    callback = callback_target(body.callback_url, request, settings)
     if (await db.execute(select(col(User.id)).where(col(User.email) == email))).first() is not None:
         raise UserAlreadyExists()
     password_hash = await hasher.hash(body.password)
@@ -108,9 +112,7 @@ async def sign_up_email(
     if settings.require_email_verification:
         # No session until the address is proven; the mail goes out after the commit.
         if mailer.configured:
-            await send_verification_mail(
-                db, background, mailer, request, settings, user, body.callback_url
-            )
+            await send_verification_mail(db, background, mailer, request, settings, user, callback)
         return SignUpResult(token=None, user=UserRead.model_validate(user))
     ip, agent = client_info(request)
     session = await create_session(
@@ -138,7 +140,7 @@ async def sign_in_email(
 ) -> SignInResult | JSONResponse:
     """Sign in with an email and password; the session comes back as a cookie and a token."""
     email = normalize_email(body.email)
-    check_callback_url(body.callback_url, request, settings)
+    callback = callback_target(body.callback_url, request, settings)
     row = (
         await db.execute(
             select(User, col(Account.password))
@@ -152,14 +154,15 @@ async def sign_in_email(
     ).first()
     stored = row[1] if row is not None else None
     # Unknown email: verify against a dummy hash so both cases cost the same.
-    if not await hasher.verify(stored, body.password) or row is None:
+    if not await hasher.verify(stored, body.password) or row is None or stored is None:
         raise InvalidEmailOrPassword()
     user: User = row[0]
+    # A reset or change that committed while scrypt ran has ended this password.
+    if not await password_is_current(db, user.id, stored):
+        raise InvalidEmailOrPassword()
     if settings.require_email_verification and not user.email_verified:
         if mailer.configured:
-            await send_verification_mail(
-                db, background, mailer, request, settings, user, body.callback_url
-            )
+            await send_verification_mail(db, background, mailer, request, settings, user, callback)
         # Returned, not raised: the transaction must commit the token the mail carries.
         err = EmailNotVerified()
         return error_response(err.status_code, err.code, err.detail)
@@ -170,9 +173,9 @@ async def sign_in_email(
     )  # fmt: skip
     set_session_cookie(response, settings, session, remember_me=body.remember_me, request=request)
     return SignInResult(
-        redirect=body.callback_url is not None,
+        redirect=callback is not None,
         token=session.token,
-        url=body.callback_url,
+        url=callback.url() if callback is not None else None,
         user=UserRead.model_validate(user),
     )
 

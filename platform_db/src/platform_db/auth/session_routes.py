@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from platform_db.auth.accounts import credential_account
+from platform_db.auth.accounts import credential_account, replace_password
 from platform_db.auth.deps import Cache, CurrentSession, Hasher, Settings
 from platform_db.auth.errors import (
     CredentialAccountNotFound,
@@ -36,7 +36,6 @@ from platform_db.auth.sessions import (
 )
 from platform_db.db import DbSession
 from platform_db.errors import responses
-from platform_db.types import utcnow
 
 router = APIRouter(responses=responses(Unauthorized))
 
@@ -104,9 +103,13 @@ async def change_password(
     account = await credential_account(db, ctx.user.id)
     if account is None or not account.password:
         raise CredentialAccountNotFound()
-    if not await hasher.verify(account.password, body.current_password):
+    current = account.password
+    if not await hasher.verify(current, body.current_password):
         raise InvalidPassword()
-    account.password, account.updated_at = await hasher.hash(body.new_password), utcnow()
+    # Compare and set, holding the row until commit: a reset or another change that
+    # committed meanwhile wins, and none can slip in before the new session below.
+    if not await replace_password(db, ctx.user.id, current, await hasher.hash(body.new_password)):
+        raise InvalidPassword()
     token: str | None = None
     if body.revoke_other_sessions:
         # As better-auth: every session ends, this one too, and a fresh one replaces it, so a
