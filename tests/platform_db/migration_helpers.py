@@ -22,7 +22,7 @@ from platform_db.trees import PLATFORM
 from tests.pg import plain_url
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE_SQL = REPO.parent / "shared" / "reference" / "betterauth_schema.sql"
+REFERENCE_SQL = REPO / "tests" / "fixtures" / "betterauth_schema.sql"
 CLI = Path(sys.executable).parent / "platform-db"
 
 AUTH_TABLES = ("user", "session", "account", "verification")
