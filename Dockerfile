@@ -7,7 +7,7 @@
 #   docker build --build-arg PACKAGE=web-service --build-arg COMMAND="web serve" \
 #     --build-arg PORT=8001 -t shared-auth/web .
 # The image holds one virtualenv with that package, the workspace packages it depends on
-# (platform-db) and their locked third-party dependencies (uv.lock), nothing else: no other
+# (service-kit, platform-db, and platform-auth for a service; never platform-dev) and their locked third-party dependencies (uv.lock), nothing else: no other
 # service, no uv, no build tools, no sources.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -26,14 +26,19 @@ WORKDIR /src
 # depends on a build argument, so this layer is one cache entry for all three images (the
 # services add only workspace packages) and survives source edits.
 COPY pyproject.toml uv.lock ./
+COPY service_kit/pyproject.toml service_kit/
 COPY platform_db/pyproject.toml platform_db/
+COPY platform_auth/pyproject.toml platform_auth/
+COPY platform_dev/pyproject.toml platform_dev/
 COPY services/web/pyproject.toml services/web/
 COPY services/trading/pyproject.toml services/trading/
-RUN uv sync --locked --no-dev --no-install-workspace --package platform-db
+RUN uv sync --locked --no-dev --no-install-workspace --package platform-auth
 # Then the package and the workspace packages it depends on, installed as wheels (not
 # editable): only the virtualenv leaves this stage, so the other members' sources never reach
 # the image.
+COPY service_kit/ service_kit/
 COPY platform_db/ platform_db/
+COPY platform_auth/ platform_auth/
 COPY services/ services/
 ARG PACKAGE
 RUN uv sync --locked --no-dev --no-editable \

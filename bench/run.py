@@ -49,9 +49,9 @@ from bench.procs import (
     reset_peak_rss,
     tree_cpu_seconds,
 )
-from platform_db import migrate
-from platform_db.embedded import EmbeddedPostgres, free_port
 from platform_db.trees import PLATFORM
+from platform_dev.embedded import EmbeddedPostgres, free_port
+from service_kit import migrate
 from web.app import TREE as WEB_TREE
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from platform_db.auth.passwords import hash_password_sync
-from platform_db.todos.router import encode_cursor
+from platform_auth.passwords import hash_password_sync
+from service_kit.owned import encode_cursor
 
 PASSWORD = "bench password 0123"  # noqa: S105 (every seeded account's)
 TODOS = "web.todos"

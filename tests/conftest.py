@@ -12,12 +12,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from platform_db import migrate
-from platform_db.app import create_app
-from platform_db.embedded import FAST_SETTINGS, EmbeddedPostgres
-from platform_db.service import ServiceDefinition
-from platform_db.settings import AuthSettings
+from platform_auth.app import create_app
+from platform_auth.settings import AuthSettings
 from platform_db.trees import PLATFORM
+from platform_dev.embedded import FAST_SETTINGS, EmbeddedPostgres
+from service_kit import migrate
+from service_kit.service import ServiceDefinition
 from tests.pg import create_database, drop_database
 from trading.app import SERVICE as TRADING
 from web.app import SERVICE as WEB

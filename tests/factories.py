@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from platform_db.auth.passwords import hash_password_sync
-from platform_db.auth.tokens import generate_id
+from platform_auth.passwords import hash_password_sync
+from platform_auth.tokens import generate_id
 from platform_db.models import Account, User
 
 PASSWORD = "correct horse battery staple"

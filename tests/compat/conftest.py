@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from platform_db.embedded import free_port
+from platform_dev.embedded import free_port
 from tests.compat.helpers import (
     APP_ORIGIN,
     NODE_DIR,

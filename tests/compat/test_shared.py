@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from platform_db.auth.passwords import verify_password_sync
+from platform_auth.passwords import verify_password_sync
 from tests.compat.conftest import StartStack
 from tests.compat.helpers import (
     APP_ORIGIN,

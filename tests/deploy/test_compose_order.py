@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from platform_db.embedded import free_port
+from platform_dev.embedded import free_port
 from tests.conftest import REPO, TEST_SECRET
 
 COMPOSE_FILE = REPO / "docker-compose.yml"

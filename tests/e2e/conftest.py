@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from platform_db.embedded import free_port
+from platform_dev.embedded import free_port
 from tests.conftest import TEST_SECRET
 from tests.pg import sql
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from platform_db.embedded import EmbeddedPostgres, free_port
+from platform_dev.embedded import EmbeddedPostgres, free_port
 from tests.e2e.conftest import Proc, Processes, clean_env, command, listening
 
 STARTUP_BOUND = 240.0  # initdb, Postgres, three migration trees, two services, on a busy machine

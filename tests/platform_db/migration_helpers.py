@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 
 import platform_db
-from platform_db.migrate import MigrationTree
 from platform_db.trees import PLATFORM
+from service_kit.migrate import MigrationTree
 from tests.pg import plain_url
 
 REPO = Path(__file__).resolve().parents[2]

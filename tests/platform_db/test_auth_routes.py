@@ -12,9 +12,9 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from platform_db.app import create_app
-from platform_db.auth import cookies
-from platform_db.auth.passwords import verify_password_sync
+from platform_auth import cookies
+from platform_auth.app import create_app
+from platform_auth.passwords import verify_password_sync
 from tests.conftest import ORIGIN, TEST_SECRET, auth_settings, running
 from tests.factories import PASSWORD, make_user, sign_up
 from tests.pg import sql
@@ -288,7 +288,7 @@ async def test_sign_in_user_without_password(
 ) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from platform_db.db import create_engine
+    from service_kit.db import create_engine
 
     engine = create_engine(auth_settings(db_url))
     try:

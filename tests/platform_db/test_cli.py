@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from platform_db import migrate
-from platform_db.embedded import free_port
 from platform_db.trees import PLATFORM
+from platform_dev.embedded import free_port
+from service_kit import migrate
 from tests.pg import with_database
 from tests.platform_db.migration_helpers import (
     AUTH_TABLES,

@@ -11,8 +11,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from platform_db.auth.cookies import decode_cookie_value, encode_cookie_value, sign, unsign
-from platform_db.auth.tokens import generate_token
+from platform_auth.cookies import decode_cookie_value, encode_cookie_value, sign, unsign
+from platform_auth.tokens import generate_token
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEF"

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from platform_db.auth import cookies
+from platform_auth import cookies
 from tests.conftest import TEST_SECRET, app_client
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import sql
@@ -654,7 +654,7 @@ async def test_failed_delivery_is_logged_without_the_link(
         email = unique_email()
         await sign_up(client, email=email)
         client.cookies.clear()
-        with caplog.at_level(logging.WARNING, logger="platform_db.auth.mail"):
+        with caplog.at_level(logging.WARNING, logger="platform_auth.mail"):
             r = await client.post(f"{AUTH}/request-password-reset", json={"email": email})
         assert r.status_code == 200, r.text  # the same answer: nothing leaks
         [row] = await verification_rows(db_url)
@@ -672,7 +672,7 @@ async def test_development_writes_mail_to_the_log(
         email = unique_email()
         await sign_up(client, email=email)
         client.cookies.clear()
-        with caplog.at_level(logging.WARNING, logger="platform_db.auth.mail"):
+        with caplog.at_level(logging.WARNING, logger="platform_auth.mail"):
             r = await client.post(f"{AUTH}/request-password-reset", json={"email": email})
             assert r.status_code == 200, r.text
         logged = [rec.getMessage() for rec in caplog.records if email in rec.getMessage()]

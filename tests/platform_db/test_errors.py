@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from platform_db.app import create_app
+from platform_auth.app import create_app
 from platform_db.trees import PLATFORM
 from tests.conftest import auth_settings, running
 from tests.factories import PASSWORD, sign_up

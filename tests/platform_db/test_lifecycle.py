@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from platform_db.app import create_app
-from platform_db.auth import cookies
+from platform_auth import cookies
+from platform_auth.app import create_app
 from tests.conftest import TEST_SECRET, auth_settings, running
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import sql

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from platform_db import migrate
-from platform_db.migrate import MigrationError
 from platform_db.trees import PLATFORM
+from service_kit import migrate
+from service_kit.migrate import MigrationError
 from tests.platform_db.migration_helpers import (
     AUTH_TABLES,
     REFERENCE_SQL,
@@ -321,7 +321,7 @@ async def test_check_fails_after_model_change(
     script = f"""
         import asyncio, os, sys
         from sqlalchemy import Column, Text
-        from platform_db import migrate
+        from service_kit import migrate
         from platform_db.models import User
         from platform_db.trees import PLATFORM
         {change}

@@ -16,11 +16,11 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel, col
 
-from platform_db.auth.tokens import generate_id, generate_token
-from platform_db.db import async_url
-from platform_db.metadata import NAMING_CONVENTION, metadata
+from platform_auth.tokens import generate_id, generate_token
 from platform_db.models import PLATFORM_TABLES, Account, Session, User, Verification
-from platform_db.types import UTCDateTime, utcnow
+from service_kit.db import async_url
+from service_kit.metadata import NAMING_CONVENTION, metadata
+from service_kit.types import UTCDateTime, utcnow
 from tests.platform_db.migration_helpers import execute, fetch
 
 ALPHANUMERIC = set(string.ascii_letters + string.digits)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from platform_db.auth import passwords
-from platform_db.auth.passwords import (
+from platform_auth import passwords
+from platform_auth.passwords import (
     PasswordHasher,
     hash_password_sync,
     verify_password_sync,

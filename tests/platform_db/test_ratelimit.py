@@ -13,8 +13,8 @@ import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from platform_db.app import create_app
-from platform_db.auth import passwords
+from platform_auth import passwords
+from platform_auth.app import create_app
 from tests.conftest import ORIGIN, auth_settings
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import sql

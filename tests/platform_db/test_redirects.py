@@ -1,6 +1,6 @@
 """Redirect targets against a real WHATWG URL parser (Node's `URL`), and the one builder.
 
-`platform_db.urls` promises that a target is read the way a browser reads it and that no
+`service_kit.urls` promises that a target is read the way a browser reads it and that no
 accepted target leaves the allowed origins. Hypothesis throws tricky strings at `parse_target`
 and, for every target it accepts, Node's `URL` (the browser's parser) must agree: the raw
 target resolves on-site, the built Location resolves to the same URL, and a Location with
@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.responses import RedirectResponse, Response
 
-from platform_db.app import create_app
-from platform_db.urls import Redirect, RedirectTarget, UnsafeTarget, parse_target
+from platform_auth.app import create_app
+from service_kit.urls import Redirect, RedirectTarget, UnsafeTarget, parse_target
 from tests.conftest import auth_settings
 from trading.app import SERVICE as TRADING
 from web.app import SERVICE as WEB
@@ -292,7 +292,7 @@ def test_regressions(node_url: Resolve, raw: str) -> None:
 
 # --- the one builder ----------------------------------------------------------------------
 
-URLS_MODULE = REPO / "platform_db" / "src" / "platform_db" / "urls.py"
+URLS_MODULE = REPO / "service_kit" / "src" / "service_kit" / "urls.py"
 _REDIRECT_STATUS = re.compile(r"HTTP_3\d\d_\w+")
 
 
@@ -396,16 +396,16 @@ def test_the_scan_allows_the_location_of_a_created_resource() -> None:
 
 
 def test_no_module_but_urls_builds_a_redirect() -> None:
-    roots = [REPO / "platform_db" / "src", *sorted((REPO / "services").glob("*/src"))]
+    roots = [*sorted(REPO.glob("*/src")), *sorted((REPO / "services").glob("*/src"))]
     files = sorted(p for root in roots for p in root.rglob("*.py"))
     assert URLS_MODULE in files
-    assert len(roots) >= 3
+    assert len(roots) >= 6
     offenders = {
         str(path.relative_to(REPO)): found
         for path in files
         if path != URLS_MODULE and (found := hand_built_redirects(path.read_text("utf-8")))
     }
-    assert offenders == {}, "redirect only through platform_db.urls.Redirect"
+    assert offenders == {}, "redirect only through service_kit.urls.Redirect"
 
 
 def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
@@ -440,7 +440,7 @@ def _apps() -> list[FastAPI]:
 
 
 def test_every_redirecting_route_returns_the_one_redirect() -> None:
-    ours = ("platform_db.", "web.", "trading.")
+    ours = ("service_kit.", "platform_db.", "platform_auth.", "web.", "trading.")
     redirecting: set[str] = set()
     for app in _apps():
         for route in _api_routes(app.routes):

@@ -19,8 +19,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
 
-from platform_db.auth.passwords import PasswordHasher
-from platform_db.db import Database
+from platform_auth.passwords import PasswordHasher
+from platform_auth.state import auth_state
+from service_kit.db import Database
+from service_kit.state import kit_state
 from tests.conftest import ORIGIN, app_client, auth_settings
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import plain_url, sql
@@ -251,10 +253,10 @@ class GatedHasher:
 async def gated(client: httpx.AsyncClient) -> AsyncIterator[GatedHasher]:
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
-    state = transport.app.state  # type: ignore[attr-defined]
+    state = auth_state(transport.app)  # type: ignore[arg-type]
     inner = state.hasher
     gate = GatedHasher(inner)
-    state.hasher = gate
+    state.hasher = gate  # type: ignore[assignment]
     try:
         yield gate
     finally:
@@ -373,7 +375,7 @@ async def recording(client: httpx.AsyncClient) -> AsyncIterator[StatementLog]:
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
     app = transport.app
-    database: Database = app.state.db  # type: ignore[attr-defined]
+    database: Database = kit_state(app).database  # type: ignore[arg-type]
     log = StatementLog()
 
     def on_execute(*args: Any) -> None:

@@ -29,14 +29,16 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 
-from platform_db.app import create_app
-from platform_db.auth.cache import SessionCache, SessionListener
-from platform_db.auth.sessions import find_session
-from platform_db.auth.tokens import generate_id, generate_token
-from platform_db.db import Database
+from platform_auth.app import create_app
+from platform_auth.cache import SessionCache, SessionListener
+from platform_auth.sessions import find_session
+from platform_auth.state import auth_state
+from platform_auth.tokens import generate_id, generate_token
 from platform_db.models import Session, User
-from platform_db.service import ServiceDefinition
-from platform_db.types import utcnow
+from service_kit.db import Database
+from service_kit.service import ServiceDefinition
+from service_kit.state import kit_state
+from service_kit.types import utcnow
 from tests.conftest import auth_settings, running
 from tests.e2e.conftest import Proc, Processes
 from tests.factories import sign_up, unique_email
@@ -294,7 +296,9 @@ class Statements:
 
     def __init__(self, app: FastAPI) -> None:
         self.seen: list[str] = []
-        event.listen(app.state.db.engine.sync_engine, "before_cursor_execute", self._record)
+        event.listen(
+            kit_state(app).database.engine.sync_engine, "before_cursor_execute", self._record
+        )
 
     def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self.seen.append(statement)
@@ -317,12 +321,12 @@ class Live:
 
     @property
     def cache(self) -> SessionCache:
-        cache: SessionCache = self.app.state.session_cache
+        cache: SessionCache = auth_state(self.app).cache
         return cache
 
     @property
     def listener(self) -> SessionListener:
-        listener: SessionListener | None = self.app.state.session_listener
+        listener: SessionListener | None = auth_state(self.app).listener
         assert listener is not None, "no session listener in this app"
         return listener
 
@@ -434,7 +438,7 @@ async def test_a_notification_during_the_lookup_keeps_the_read_out_of_the_cache(
     """The generation guard in `_optional_auth`: a read that raced a change is not cached."""
     token, _ = await trading.sign_up()
     cache = trading.cache
-    engine = trading.app.state.db.engine.sync_engine
+    engine = kit_state(trading.app).database.engine.sync_engine
     notified: list[str] = []
 
     def notify_meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -481,8 +485,8 @@ async def test_revocation_by_sql_while_the_listener_is_down_is_honoured(trading:
 
 async def load(live: Live, token: str) -> tuple[Session, User]:
     """The session row and its user, as the app reads them (aware UTC datetimes)."""
-    database: Database = live.app.state.db
-    async with database.sessionmaker() as db:
+    database: Database = kit_state(live.app).database
+    async with database.write_sessionmaker() as db:
         found = await find_session(db, token)
     assert found is not None
     return found
@@ -563,7 +567,7 @@ async def test_without_the_triggers_the_cache_stays_off(
     full_db: str, dropped: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Stamped at head but some trigger missing: nobody would evict, so never serve a copy."""
-    caplog.set_level(logging.WARNING, logger="platform_db.auth.cache")
+    caplog.set_level(logging.WARNING, logger="platform_auth.cache")
     for table, name in ALL_TRIGGERS:
         if name in dropped:
             await sql(full_db, f'DROP TRIGGER {name} ON "{table}"')
@@ -599,7 +603,7 @@ async def test_without_the_triggers_the_cache_stays_off(
 async def test_cache_size_zero_means_no_listener_and_no_cache(full_db: str) -> None:
     settings = auth_settings(full_db, SESSION_CACHE_SIZE=0)
     async with live_app(TRADING.create_app(settings), full_db) as live:
-        assert live.app.state.session_listener is None
+        assert auth_state(live.app).listener is None
         token, _ = await live.sign_up()
         live.statements.clear()
         for _ in range(3):

@@ -13,16 +13,16 @@ from sqlalchemy import event, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from platform_db.auth.sessions import (
+from platform_auth.sessions import (
     SessionPolicy,
     create_session,
     revoke_session,
     revoke_user_sessions,
     validate_session,
 )
-from platform_db.db import create_engine
 from platform_db.models import Session
-from platform_db.types import utcnow
+from service_kit.db import create_engine
+from service_kit.types import utcnow
 from tests.conftest import auth_settings
 from tests.factories import make_user
 

@@ -14,9 +14,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from platform_db.auth.tokens import generate_id, generate_token
-from platform_db.service import ServiceDefinition
-from platform_db.settings import AuthSettings
+from platform_auth.settings import AuthSettings
+from platform_auth.state import auth_state
+from platform_auth.tokens import generate_id, generate_token
+from service_kit.service import ServiceDefinition
 from tests.conftest import auth_settings, running
 from tests.factories import PASSWORD
 from tests.pg import sql
@@ -68,7 +69,7 @@ class Api:
 
     @property
     def settings(self) -> AuthSettings:
-        settings: AuthSettings = self.app.state.settings
+        settings: AuthSettings = auth_state(self.app).settings
         return settings
 
     @property

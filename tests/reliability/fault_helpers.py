@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from platform_db.embedded import EmbeddedPostgres
+from platform_dev.embedded import EmbeddedPostgres
 from tests.e2e.conftest import Processes
 
 # Durable settings on purpose: fsync and synchronous_commit stay on (Postgres's defaults), so

@@ -170,7 +170,7 @@ def _cpu_model() -> str:
 
 def _postgres_version() -> str:
     try:
-        from platform_db.embedded import _bin_dir
+        from platform_dev.embedded import _bin_dir
 
         out = subprocess.run(
             [str(_bin_dir() / "postgres"), "--version"],

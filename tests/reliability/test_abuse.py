@@ -21,12 +21,13 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from platform_db.auth import cookies
-from platform_db.auth.cache import SessionCache, SessionListener
-from platform_db.auth.tokens import generate_token
-from platform_db.service import ServiceDefinition
-from platform_db.todos.router import encode_cursor
-from platform_db.types import utcnow
+from platform_auth import cookies
+from platform_auth.cache import SessionCache
+from platform_auth.state import auth_state
+from platform_auth.tokens import generate_token
+from service_kit.owned import encode_cursor
+from service_kit.service import ServiceDefinition
+from service_kit.types import utcnow
 from tests.conftest import ORIGIN, TEST_SECRET
 from tests.pg import sql
 from tests.polling import poll
@@ -51,7 +52,8 @@ async def api(
 ) -> AsyncIterator[Api]:
     """One service on its own database, its mail going to a real SMTP server."""
     async with serving(service, full_db, **smtp_server.settings()) as a:
-        listener: SessionListener = a.app.state.session_listener
+        listener = auth_state(a.app).listener
+        assert listener is not None
         await asyncio.wait_for(listener.connected.wait(), 10)  # the session cache is on
         yield a
 
@@ -240,7 +242,7 @@ async def victim_intact(api: Api, t: Target, tally: Tally) -> None:
 
 
 def cache_of(api: Api) -> SessionCache:
-    cache: SessionCache = api.app.state.session_cache
+    cache: SessionCache = auth_state(api.app).cache
     return cache
 
 
@@ -1083,7 +1085,7 @@ async def test_no_secret_in_a_served_process_logs(
     """The same flow against a real `web serve` process at LOG_LEVEL=debug with uvicorn's
     access log on: nothing secret in its output. Also a chunked oversized body over a real
     socket: 413."""
-    from platform_db.embedded import free_port
+    from platform_dev.embedded import free_port
     from tests.e2e.conftest import Processes
 
     secrets, tally = Secrets(), Tally("web")

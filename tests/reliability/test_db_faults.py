@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from platform_db import migrate
-from platform_db.embedded import EmbeddedPostgres, free_port
 from platform_db.trees import PLATFORM
+from platform_dev.embedded import EmbeddedPostgres, free_port
+from service_kit import migrate
 from tests.e2e.conftest import command, run, service_env
 from tests.pg import create_database, sql
 from tests.reliability.fault_helpers import (

@@ -33,8 +33,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi
 from starlette.types import Message, Receive, Scope, Send
 
-from platform_db.embedded import free_port
-from platform_db.service import ServiceDefinition
+from platform_dev.embedded import free_port
+from service_kit.service import ServiceDefinition
 from tests.conftest import SERVICES, auth_settings
 from tests.factories import PASSWORD
 from tests.reliability.conftest import mint_session

@@ -22,10 +22,10 @@ from sqlalchemy import Column, Integer
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrate
-from platform_db.db import async_url
-from platform_db.migrate import MigrationError, MigrationTree
 from platform_db.trees import PLATFORM
+from service_kit import migrate
+from service_kit.db import async_url
+from service_kit.migrate import MigrationError, MigrationTree
 from tests.services.helpers import connect
 from trading.app import TREE as TRADING_TREE
 from web.app import TREE as WEB_TREE

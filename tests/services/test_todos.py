@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from platform_db.service import ServiceDefinition
+from service_kit.service import ServiceDefinition
 from tests.services.helpers import TODO_FIELDS, Caller, connect, create_todo, sign_up
 
 

@@ -1,1 +1,1 @@
-"""Shared auth tables, migrations, auth logic and service kit."""
+"""The shared auth tables (better-auth compatible) and their migration tree."""

@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, Column, ForeignKey, Index, Text, text
 from sqlmodel import Field, SQLModel
 
-from platform_db.metadata import metadata
-from platform_db.types import UTCDateTime, utcnow
+from service_kit.metadata import metadata
+from service_kit.types import UTCDateTime, utcnow
 
 __all__ = ["PLATFORM_TABLES", "Account", "Session", "User", "Verification", "metadata"]
 

@@ -1,7 +1,7 @@
 """The platform's migration tree."""
 
-from platform_db.migrate import MigrationTree
 from platform_db.models import PLATFORM_TABLES
+from service_kit.migrate import MigrationTree
 
 PLATFORM = MigrationTree(
     name="platform-db",

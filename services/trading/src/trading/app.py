@@ -1,12 +1,12 @@
-"""The trading service: the app factory, its migration tree and its definition."""
+"""The trading service: its migration tree, its app factory and its definition."""
 
 from fastapi import FastAPI
 
-from platform_db.app import create_app as create_service_app
-from platform_db.migrate import MigrationTree
-from platform_db.service import ServiceDefinition, load_settings
-from platform_db.settings import AuthSettings
+from platform_auth.app import auth_service
+from platform_auth.app import create_app as create_auth_app
+from platform_auth.settings import AuthSettings, load_settings
 from platform_db.trees import PLATFORM
+from service_kit.migrate import MigrationTree
 from trading.routes import router
 
 TREE = MigrationTree(
@@ -21,7 +21,7 @@ TREE = MigrationTree(
 
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:
-    return create_service_app(
+    return create_auth_app(
         title="trading",
         description="The trading service: todos for the trading desk.",
         settings=settings or load_settings(),
@@ -30,4 +30,4 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     )
 
 
-SERVICE = ServiceDefinition(name="trading", tree=TREE, create_app=create_app, default_port=8002)
+SERVICE = auth_service(name="trading", tree=TREE, create_app=create_app, default_port=8002)

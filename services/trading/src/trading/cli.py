@@ -1,6 +1,6 @@
 """`trading`: migrate, check, current, stamp, downgrade, revision, serve."""
 
-from platform_db.service import service_main
+from service_kit.service import service_main
 from trading.app import SERVICE
 
 

@@ -1,6 +1,6 @@
 """`web`: migrate, check, current, stamp, downgrade, revision, serve."""
 
-from platform_db.service import service_main
+from service_kit.service import service_main
 from web.app import SERVICE
 
 

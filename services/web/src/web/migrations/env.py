@@ -1,5 +1,5 @@
-"""Alembic environment of the web tree; the logic is shared in platform_db.migrate."""
+"""Alembic environment of the web tree; the logic is shared in service_kit.migrate."""
 
-from platform_db.migrate import run_env
+from service_kit.migrate import run_env
 
 run_env()

@@ -1,0 +1,107 @@
+"""A service app with the shared login: the kit's app plus /api/auth, CSRF, rate limits and
+the session cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware import Middleware
+
+from platform_auth.cache import SessionCache, SessionListener
+from platform_auth.mail import create_mailer
+from platform_auth.origin import TrustedOriginMiddleware
+from platform_auth.passwords import PasswordHasher
+from platform_auth.ratelimit import RateLimitMiddleware, rules_from
+from platform_auth.router import router as auth_router
+from platform_auth.sessions import SessionPolicy
+from platform_auth.settings import AuthSettings, load_settings
+from platform_auth.state import AuthState
+from platform_db.trees import PLATFORM
+from service_kit.app import create_app as create_kit_app
+from service_kit.db import asyncpg_dsn
+from service_kit.migrate import MigrationTree
+from service_kit.service import ServiceDefinition
+
+
+def create_app(
+    *,
+    title: str,
+    settings: AuthSettings,
+    routers: Sequence[APIRouter] = (),
+    trees: Sequence[MigrationTree] = (),
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A service: its own routers, the auth routes, health and one error shape.
+
+    `trees` are the migration trees `/readyz` requires at head besides the platform's.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cache = SessionCache(settings.session_cache_size, settings.session_cache_ttl)
+        state = AuthState(
+            settings=settings,
+            hasher=PasswordHasher(settings.password_hash_concurrency),
+            mailer=create_mailer(settings),
+            policy=SessionPolicy.from_settings(settings),
+            cache=cache,
+        )
+        if settings.session_cache_size > 0:
+            dsn, connect_kwargs = asyncpg_dsn(settings.database_url)
+            state.listener = SessionListener(dsn, cache, connect_kwargs=connect_kwargs)
+            state.listener.start()
+        app.state.auth = state
+        try:
+            yield
+        finally:
+            if state.listener is not None:
+                await state.listener.stop()
+            state.hasher.close()
+
+    middleware = [
+        Middleware(
+            TrustedOriginMiddleware,
+            cookie_names=[settings.session_cookie_name],
+            trusted_origins=settings.trusted_origins,
+        )
+    ]
+    if settings.rate_limits_on:
+        middleware.insert(0, Middleware(RateLimitMiddleware, rules=rules_from(settings)))
+    return create_kit_app(
+        title=title,
+        description=description,
+        version=version,
+        settings=settings,
+        trees=(PLATFORM, *trees),
+        # The service's own routes first: routing tries routes in order, and they are busy.
+        routers=(*routers, auth_router),
+        middleware=middleware,
+        lifespan=lifespan,
+        host_patterns=settings.host_patterns,
+        max_body_bytes=settings.max_body_bytes,
+        private_paths=("/api/auth",),
+    )
+
+
+def auth_service(
+    *,
+    name: str,
+    tree: MigrationTree,
+    create_app: Callable[[AuthSettings | None], FastAPI],
+    default_port: int,
+    description: str = "",
+) -> ServiceDefinition:
+    """A service that signs its users in with the shared login."""
+    return ServiceDefinition(
+        name=name,
+        tree=tree,
+        create_app=create_app,
+        load_settings=load_settings,
+        default_port=default_port,
+        description=description,
+        # The mailed reset link: /api/auth/reset-password/<token>
+        secret_path_segments=("reset-password",),
+    )

@@ -1,0 +1,1 @@
+"""Development only: the embedded Postgres and `platform-db dev`."""

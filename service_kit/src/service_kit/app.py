@@ -1,0 +1,129 @@
+"""The application factory under every service: database, one error shape, health, the HTTP
+middleware, typed state. What a service adds (auth, its routes) comes in as arguments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.middleware import Middleware
+
+from service_kit.db import Database, create_engine
+from service_kit.errors import install_error_handlers
+from service_kit.health import router as health_router
+from service_kit.middleware import (
+    AllowedHostsMiddleware,
+    BodySizeLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
+from service_kit.migrate import MigrationTree
+from service_kit.settings import DatabaseSettings
+from service_kit.state import KitState
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _add_response(operation: dict[str, Any], status: str, code: str) -> None:
+    """Document that `operation` may answer `status` with ErrorBody `code`."""
+    response = operation.setdefault("responses", {}).setdefault(
+        status,
+        {
+            "description": "",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        },
+    )
+    codes = [c for c in response.get("description", "").split(", ") if c]
+    if code not in codes:
+        response["description"] = ", ".join([*codes, code])
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """FastAPI documents every 422 as its own `{"detail": [...]}`; our handler answers ErrorBody."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if "requestBody" in operation:  # any body may be malformed or too large
+                    _add_response(operation, "400", "INVALID_JSON")
+                    _add_response(operation, "413", "PAYLOAD_TOO_LARGE")
+                response = operation.get("responses", {}).get("422", {})
+                media = response.get("content", {}).get("application/json", {})
+                if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+                    response["description"] = "VALIDATION_ERROR"
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(
+    *,
+    title: str,
+    settings: DatabaseSettings,
+    trees: Sequence[MigrationTree],
+    routers: Sequence[APIRouter] = (),
+    middleware: Sequence[Middleware] = (),
+    lifespan: Lifespan | None = None,
+    host_patterns: frozenset[str] = frozenset({"*"}),
+    max_body_bytes: int = 1024 * 1024,
+    private_paths: tuple[str, ...] = (),
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """An app whose `/readyz` requires `trees` at head, with `routers` mounted in that order.
+
+    `middleware` (outermost first) runs inside the kit's own (host check, body limit,
+    security headers), so its answers get the same headers; `lifespan` runs once the
+    database is open.
+    """
+    state = KitState(trees=tuple(trees))
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        state.database = Database(create_engine(settings))
+        try:
+            async with lifespan(app) if lifespan else nullcontext():
+                yield
+        finally:
+            await state.database.dispose()
+            state.database = None
+
+    # Swagger UI's files are served by the service itself: no CDN, works offline.
+    app = FastAPIOffline(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=run,
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.kit = state
+    install_error_handlers(app)
+    for layer in reversed(middleware):  # add_middleware puts each outside the ones before it
+        app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(
+        AllowedHostsMiddleware,
+        patterns=host_patterns,
+        exempt_paths=frozenset({"/healthz", "/readyz"}),
+    )
+    # Added last, so outermost: the answers of the middleware above get the headers too.
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        docs_paths=("/docs", "/static-offline-docs"),
+        private_paths=private_paths,
+    )
+    for router in routers:
+        app.include_router(router)
+    app.include_router(health_router)
+    _document_error_shape(app)
+    return app
