@@ -1,0 +1,415 @@
+"""tests/fixtures/betterauth_schema.sql is what better-auth 1.7.25 produces, checked against
+better-auth itself (pinned in node/package.json) so the fixture can never drift unnoticed.
+
+The fixture stands for "the four tables as better-auth's own tooling makes them" wherever the
+tests need that (tests/platform_db). Here better-auth produces them again, a database is built
+from each result, and what Postgres holds is compared (pg_catalog), never SQL text:
+
+1. better-auth's Drizzle generator, the one `auth generate` calls (the Drizzle adapter's
+   `createSchema`, provider "pg", camelCase off, so snake_case columns), writes the schema
+   module. Its tables, turned into DDL as drizzle-kit does, must build exactly the fixture's
+   database: the same tables, columns (position, type, nullability, default), constraints and
+   indexes, names included. node/schema.mjs, which the server compat tests run on, must build
+   the same database.
+2. better-auth's own migrator (`getMigrations(options).runMigrations()`, Kysely, from
+   better-auth/db/migration) creates its tables on an empty database, with the snake_case
+   column names schema.mjs maps. It is another tool with other conventions, so only what both
+   produce by design is compared (see `as_the_migrator_sees`).
+
+drizzle-kit is not among node/'s packages, so the script below turns the generated Drizzle
+tables into DDL itself; only the SQL syntax is its own. Every name (`<table>_<column>_unique`,
+`<table>_<column>_<target>_<column>_fk`, the index names), type (`getSQLType()`), default and
+foreign-key action is read from drizzle-orm's table config, which is what drizzle-kit reads,
+and anything the script does not render (checks, composite keys, partial or expression
+indexes, ...) makes it throw rather than be left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.compat.helpers import BETTER_AUTH_VERSION, NODE_MISSING, node_missing
+from tests.pg import create_database, drop_database, plain_url
+from tests.platform_db.migration_helpers import REFERENCE_SQL
+
+NODE_TIMEOUT = 120.0
+
+# Run as `node reference.mjs drizzle|migrate <schema.mjs>` from a folder whose node_modules is
+# node/node_modules. Prints one JSON object.
+SCRIPT = r"""
+import { writeFile } from "node:fs/promises";
+import { pathToFileURL } from "node:url";
+
+import { drizzleAdapter } from "@better-auth/drizzle-adapter/relations-v2";
+import { getMigrations } from "better-auth/db/migration";
+import { bearer } from "better-auth/plugins";
+import { getTableColumns, is, SQL } from "drizzle-orm";
+import { getTableConfig, PgDialect, PgTable } from "drizzle-orm/pg-core";
+import pg from "pg";
+
+const [mode, schemaPath] = process.argv.slice(2);
+// What shapes the tables in node/server.mjs's configuration (bearer adds no table).
+const tableOptions = { emailAndPassword: { enabled: true }, plugins: [bearer()] };
+
+const quote = (name) => `"${name.replaceAll('"', '""')}"`;
+const list = (columns) => columns.map((column) => quote(column.name)).join(", ");
+const dialect = new PgDialect();
+const unsupported = (what) => {
+  throw new Error(`the DDL renderer does not handle ${what}`);
+};
+
+function defaultSql(column) {
+  const value = column.default;
+  if (value === undefined) return undefined;
+  if (is(value, SQL)) return dialect.sqlToQuery(value).sql;
+  if (typeof value === "string") return `'${value.replaceAll("'", "''")}'`;
+  if (typeof value === "boolean" || typeof value === "number") return String(value);
+  return unsupported(`the default of ${column.name}: ${JSON.stringify(value)}`);
+}
+
+// The statements drizzle-kit writes for these tables: CREATE TABLE with inline primary keys,
+// defaults, NOT NULL and named unique constraints; then the foreign keys; then the indexes.
+function toDdl(module) {
+  const creates = [];
+  const foreignKeys = [];
+  const indexes = [];
+  for (const table of Object.values(module).filter((value) => is(value, PgTable))) {
+    const config = getTableConfig(table);
+    if (config.schema) unsupported(`the schema of ${config.name}`);
+    if (config.checks.length || config.primaryKeys.length) unsupported(`keys of ${config.name}`);
+    if (config.policies.length || config.enableRLS) unsupported(`policies on ${config.name}`);
+    const lines = config.columns.map((column) => {
+      if (column.generated || column.generatedIdentity) unsupported(`generated ${column.name}`);
+      const defaultValue = defaultSql(column);
+      return [
+        quote(column.name),
+        column.getSQLType(),
+        column.primary ? "PRIMARY KEY" : "",
+        defaultValue === undefined ? "" : `DEFAULT ${defaultValue}`,
+        column.notNull ? "NOT NULL" : "",
+      ]
+        .filter(Boolean)
+        .join(" ");
+    });
+    for (const column of config.columns.filter((column) => column.isUnique)) {
+      const nulls = column.uniqueType === "not distinct" ? " NULLS NOT DISTINCT" : "";
+      lines.push(`CONSTRAINT ${quote(column.uniqueName)} UNIQUE${nulls}(${quote(column.name)})`);
+    }
+    for (const unique of config.uniqueConstraints) {
+      const nulls = unique.nullsNotDistinct ? " NULLS NOT DISTINCT" : "";
+      lines.push(`CONSTRAINT ${quote(unique.getName())} UNIQUE${nulls}(${list(unique.columns)})`);
+    }
+    creates.push(`CREATE TABLE ${quote(config.name)} (\n  ${lines.join(",\n  ")}\n)`);
+    for (const foreignKey of config.foreignKeys) {
+      const { columns, foreignColumns, foreignTable } = foreignKey.reference();
+      const target = getTableConfig(foreignTable);
+      foreignKeys.push(
+        `ALTER TABLE ${quote(config.name)} ADD CONSTRAINT ${quote(foreignKey.getName())} ` +
+          `FOREIGN KEY (${list(columns)}) REFERENCES ` +
+          `${quote(target.schema ?? "public")}.${quote(target.name)}(${list(foreignColumns)}) ` +
+          `ON DELETE ${foreignKey.onDelete} ON UPDATE ${foreignKey.onUpdate}`,
+      );
+    }
+    for (const index of config.indexes) {
+      const { name, columns, unique, method, where, concurrently, only } = index.config;
+      if (where || concurrently || only || Object.keys(index.config.with ?? {}).length)
+        unsupported(`the options of index ${name}`);
+      for (const column of columns) {
+        if (is(column, SQL)) unsupported(`the expression in index ${name}`);
+        const { order, nulls, opClass } = column.indexConfig;
+        if (order !== "asc" || nulls !== "last" || opClass) unsupported(`the order of ${name}`);
+      }
+      const kind = unique ? "UNIQUE INDEX" : "INDEX";
+      indexes.push(
+        `CREATE ${kind} ${quote(name)} ON ${quote(config.name)} USING ${method} (${list(columns)})`,
+      );
+    }
+  }
+  return [...creates, ...foreignKeys, ...indexes];
+}
+
+// better-auth's generator for Drizzle on Postgres, as `auth generate` runs it. Its module also
+// defines relations with drizzle-orm 1.x's `defineRelationsPart`, which the pinned 0.x lacks;
+// relations are no DDL, so a stand-in takes its place.
+async function drizzle() {
+  const adapter = drizzleAdapter({}, { provider: "pg", camelCase: false });
+  const options = { ...tableOptions, database: adapter };
+  const { code } = await adapter(options).createSchema(options, "auth-schema.ts");
+  const relationsImport = 'import { defineRelationsPart } from "drizzle-orm";\n';
+  if (!code.startsWith(relationsImport)) throw new Error(`unexpected generator output:\n${code}`);
+  const module = code.replace(relationsImport, "const defineRelationsPart = () => ({});\n");
+  await writeFile("auth-schema.mjs", module);
+  const generated = await import(pathToFileURL("auth-schema.mjs").href);
+  const ours = await import(pathToFileURL(schemaPath).href);
+  return { code, generator: toDdl(generated), schemaMjs: toDdl(ours) };
+}
+
+// better-auth's own migrator on DATABASE_URL, each field named as schema.mjs names its column.
+async function migrate() {
+  const models = {};
+  for (const [model, table] of Object.entries(await import(pathToFileURL(schemaPath).href))) {
+    if (!is(table, PgTable)) continue;
+    const renamed = Object.entries(getTableColumns(table)).filter(([key, c]) => key !== c.name);
+    models[model] = { fields: Object.fromEntries(renamed.map(([key, c]) => [key, c.name])) };
+  }
+  const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 1 });
+  try {
+    const options = { ...tableOptions, ...models, database: pool, telemetry: { enabled: false } };
+    const migrations = await getMigrations(options);
+    const sql = await migrations.compileMigrations();
+    await migrations.runMigrations();
+    return { sql, models };
+  } finally {
+    await pool.end();
+  }
+}
+
+const result = mode === "drizzle" ? await drizzle() : await migrate();
+process.stdout.write(JSON.stringify(result));
+"""
+
+
+# --------------------------------------------------------------------------------------
+# What Postgres holds, read from pg_catalog.
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    position: int
+    type: str
+    not_null: bool
+    default: str | None
+    identity: str
+    generated: str
+
+
+@dataclass(frozen=True)
+class Structure:
+    tables: frozenset[str]
+    columns: dict[tuple[str, str], Column]  # (table, column)
+    # (table, name) -> pg_get_constraintdef: "PRIMARY KEY (id)", "UNIQUE (email)",
+    # "FOREIGN KEY (user_id) REFERENCES "user"(id) ON DELETE CASCADE", ... (no name in it)
+    constraints: dict[tuple[str, str], str]
+    # (table, name) -> pg_get_indexdef with the name taken out, for the indexes that back no
+    # constraint: "CREATE INDEX ON public.session USING btree (user_id)"
+    indexes: dict[tuple[str, str], str]
+
+
+COLUMNS = """
+SELECT c.relname, a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+"""
+TABLES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind NOT IN ('i', 'I')
+"""
+# Not-null constraints (pg_constraint holds them since Postgres 18) are in the columns.
+CONSTRAINTS = """
+SELECT c.relname, con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND con.contype <> 'n'
+"""
+INDEXES = """
+SELECT t.relname, i.relname,
+       replace(pg_get_indexdef(i.oid), ' INDEX ' || quote_ident(i.relname) || ' ON ', ' INDEX ON ')
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = 'public'
+  AND NOT EXISTS (SELECT FROM pg_constraint con WHERE con.conindid = i.oid AND con.conrelid = t.oid)
+"""
+
+
+async def describe(url: str) -> Structure:
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        tables = frozenset(str(row[0]) for row in await conn.fetch(TABLES))
+        columns = {
+            (row[0], row[1]): Column(row[2], row[3], row[4], row[5], row[6], row[7])
+            for row in await conn.fetch(COLUMNS)
+        }
+        constraints = {(row[0], row[1]): str(row[2]) for row in await conn.fetch(CONSTRAINTS)}
+        indexes = {(row[0], row[1]): str(row[2]) for row in await conn.fetch(INDEXES)}
+    finally:
+        await conn.close()
+    return Structure(tables, columns, constraints, indexes)
+
+
+async def structure_of(admin_url: str, statements: Iterable[str]) -> Structure:
+    """The structure of a new database built by these statements (dropped afterwards)."""
+    url = await create_database(admin_url, prefix="ref")
+    try:
+        conn = await asyncpg.connect(plain_url(url))
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+        return await describe(url)
+    finally:
+        await drop_database(admin_url, url)
+
+
+def facts(structure: Structure) -> list[str]:
+    """The structure as one line per fact, names included."""
+    lines = [f"table {table}" for table in structure.tables]
+    for (table, name), col in structure.columns.items():
+        null = "NOT NULL" if col.not_null else "NULL"
+        extra = f" identity={col.identity!r} generated={col.generated!r}"
+        lines.append(f"column {table}.{name}: #{col.position} {col.type} {null} DEFAULT {col.default}")
+        if col.identity or col.generated:
+            lines[-1] += extra
+    lines += [f"constraint {t}.{name}: {d}" for (t, name), d in structure.constraints.items()]
+    lines += [f"index {t}.{name}: {d}" for (t, name), d in structure.indexes.items()]
+    return lines
+
+
+# How better-auth's migrator differs from its Drizzle generator (and so from drizzle-kit's
+# DDL) by design, read from better-auth/dist/db/get-migration.mjs and the generator:
+MIGRATOR_TYPES = {
+    # A date field is `timestamptz` for the migrator, `timestamp('...')` (without time zone)
+    # in the generated Drizzle schema.
+    "timestamp with time zone": "timestamp without time zone",
+}
+# A date field defaulting to "now" gets DEFAULT CURRENT_TIMESTAMP from the migrator and
+# `.defaultNow()`, so DEFAULT now(), from the generator: the same function in Postgres.
+MIGRATOR_DEFAULTS = {"CURRENT_TIMESTAMP": "now()"}
+# The migrator writes no other default when it creates a table (static defaults only when it
+# adds a column to an existing one; better-auth itself supplies them on insert), so the
+# fixture's other defaults (email_verified's false) have nothing to be compared with.
+# Names: the migrator leaves the unique and foreign-key constraints to Postgres's default
+# names (user_email_key, session_user_id_fkey) where drizzle-orm names them
+# (user_email_unique, session_user_id_user_id_fk), and names a field's index after the
+# field's column (session_user_id_idx) where the generator uses the field's key
+# (session_userId_idx). The primary keys are inline on both sides, so Postgres names them
+# (user_pkey) for both: only those names and the table and column names are compared.
+
+
+def as_the_migrator_sees(structure: Structure, *, migrated: bool) -> list[str]:
+    """The facts both better-auth's migrator and the Drizzle DDL produce by design."""
+    lines = [f"table {table}" for table in structure.tables]
+    for (table, name), col in structure.columns.items():
+        type_ = MIGRATOR_TYPES.get(col.type, col.type) if migrated else col.type
+        default = MIGRATOR_DEFAULTS.get(col.default or "", col.default) if migrated else col.default
+        if default != "now()":
+            default = None
+        null = "NOT NULL" if col.not_null else "NULL"
+        ident = f" identity={col.identity!r} generated={col.generated!r}"
+        lines.append(f"column {table}.{name}: #{col.position} {type_} {null} DEFAULT {default}")
+        if col.identity or col.generated:
+            lines[-1] += ident
+    for (table, name), definition in structure.constraints.items():
+        shown = name if definition.startswith("PRIMARY KEY") else "(name not compared)"
+        lines.append(f"constraint {table}.{shown}: {definition}")
+    lines += [f"index {t}.(name not compared): {d}" for (t, _), d in structure.indexes.items()]
+    return lines
+
+
+def assert_same(fixture: list[str], produced: list[str], what: str) -> None:
+    missing = sorted((Counter(produced) - Counter(fixture)).elements())
+    extra = sorted((Counter(fixture) - Counter(produced)).elements())
+    message = [f"{REFERENCE_SQL.name} differs from {what}:"]
+    message += [f"  only in better-auth's: {line}" for line in missing]
+    message += [f"  only in the fixture:   {line}" for line in extra]
+    assert not missing and not extra, "\n".join(message)
+
+
+# --------------------------------------------------------------------------------------
+# Running better-auth.
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def node_dir(request: pytest.FixtureRequest) -> Path:
+    """node/ with its locked packages installed; fails (never skips) without Node."""
+    if node_missing():
+        pytest.fail(NODE_MISSING)
+    project: Path = request.getfixturevalue("node_project")
+    installed = json.loads((project / "node_modules/better-auth/package.json").read_text())
+    assert installed["version"] == BETTER_AUTH_VERSION, installed["version"]
+    return project
+
+
+@pytest.fixture(scope="module")
+def workdir(node_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the script and what it writes, resolving packages from node/."""
+    folder = tmp_path_factory.mktemp("better-auth-reference")
+    (folder / "node_modules").symlink_to(node_dir / "node_modules", target_is_directory=True)
+    (folder / "reference.mjs").write_text(SCRIPT)
+    return folder
+
+
+async def run_script(workdir: Path, node_dir: Path, mode: str, **env: str) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        "node",
+        "reference.mjs",
+        mode,
+        str(node_dir / "schema.mjs"),
+        cwd=workdir,
+        env={**os.environ, "BETTER_AUTH_TELEMETRY": "0", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=NODE_TIMEOUT)
+    if process.returncode != 0:
+        pytest.fail(f"reference.mjs {mode} failed ({process.returncode}):\n{stderr.decode()}")
+    result: dict[str, Any] = json.loads(stdout)
+    return result
+
+
+@pytest.fixture(scope="module")
+async def fixture_structure(admin_url: str) -> Structure:
+    return await structure_of(admin_url, [REFERENCE_SQL.read_text()])
+
+
+@pytest.fixture(scope="module")
+async def drizzle_ddl(workdir: Path, node_dir: Path) -> AsyncIterator[dict[str, Any]]:
+    """better-auth's generated Drizzle schema module and the DDL of it and of schema.mjs."""
+    yield await run_script(workdir, node_dir, "drizzle")
+
+
+# --------------------------------------------------------------------------------------
+# The tests.
+# --------------------------------------------------------------------------------------
+async def test_fixture_is_the_ddl_of_better_auths_drizzle_schema(
+    admin_url: str, fixture_structure: Structure, drizzle_ddl: dict[str, Any]
+) -> None:
+    generated = await structure_of(admin_url, drizzle_ddl["generator"])
+    assert fixture_structure.tables == {"user", "session", "account", "verification"}
+    assert_same(
+        facts(fixture_structure),
+        facts(generated),
+        "better-auth's Drizzle schema:\n" + drizzle_ddl["code"],
+    )
+
+
+async def test_schema_mjs_is_better_auths_drizzle_schema(
+    admin_url: str, drizzle_ddl: dict[str, Any]
+) -> None:
+    generated = await structure_of(admin_url, drizzle_ddl["generator"])
+    ours = await structure_of(admin_url, drizzle_ddl["schemaMjs"])
+    diff_from = "node/schema.mjs (as the fixture) against the generated schema"
+    assert_same(facts(ours), facts(generated), diff_from + ":\n" + drizzle_ddl["code"])
+
+
+async def test_fixture_agrees_with_better_auths_own_migrator(
+    empty_db: str, fixture_structure: Structure, workdir: Path, node_dir: Path
+) -> None:
+    result = await run_script(workdir, node_dir, "migrate", DATABASE_URL=plain_url(empty_db))
+    migrated = await describe(empty_db)
+    assert_same(
+        as_the_migrator_sees(fixture_structure, migrated=False),
+        as_the_migrator_sees(migrated, migrated=True),
+        "the tables better-auth's migrator creates:\n" + result["sql"],
+    )
