@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from platform_auth.app import create_app
-from platform_auth.settings import AuthSettings
+from platform_auth.settings import ServiceSettings
 from platform_db.trees import PLATFORM
 from platform_dev.embedded import FAST_SETTINGS, EmbeddedPostgres
 from service_kit import migrate
@@ -86,7 +86,7 @@ TEST_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ORIGIN = "https://testserver"
 
 
-def auth_settings(database_url: str, **overrides: object) -> AuthSettings:
+def auth_settings(database_url: str, **overrides: object) -> ServiceSettings:
     values: dict[str, object] = {
         "DATABASE_URL": database_url,
         "AUTH_SECRET": TEST_SECRET,
@@ -95,7 +95,7 @@ def auth_settings(database_url: str, **overrides: object) -> AuthSettings:
         "DB_POOL_SIZE": 5,
     }
     values.update(overrides)
-    return AuthSettings.model_validate(values)
+    return ServiceSettings.from_values(values)
 
 
 @asynccontextmanager

@@ -5,12 +5,13 @@ The fixture stands for "the four tables as better-auth's own tooling makes them"
 tests need that (tests/platform_db). Here better-auth produces them again, a database is built
 from each result, and what Postgres holds is compared (pg_catalog), never SQL text:
 
-1. better-auth's Drizzle generator, the one `auth generate` calls (the Drizzle adapter's
-   `createSchema`, provider "pg", camelCase off, so snake_case columns), writes the schema
-   module. Its tables, turned into DDL as drizzle-kit does, must build exactly the fixture's
-   database: the same tables, columns (position, type, nullability, default), constraints and
-   indexes, names included. node/schema.mjs, which the server compat tests run on, must build
-   the same database.
+1. better-auth's Drizzle schema generator, the one @better-auth/drizzle-adapter 1.7.25 ships
+   (`createSchema` of its relations-v2 adapter, provider "pg", camelCase off, so snake_case
+   columns; the `auth` CLI, whose `generate` prints such a module, is not among node/'s
+   packages), writes the schema module. Its tables, turned into DDL as drizzle-kit does, must
+   build exactly the fixture's database: the same tables, columns (position, type,
+   nullability, default), constraints and indexes, names included. node/schema.mjs, which the
+   server compat tests run on, must build the same database.
 2. better-auth's own migrator (`getMigrations(options).runMigrations()`, Kysely, from
    better-auth/db/migration) creates its tables on an empty database, with the snake_case
    column names schema.mjs maps. It is another tool with other conventions, so only what both
@@ -30,7 +31,7 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import pytest
 
 from tests.compat.helpers import BETTER_AUTH_VERSION, NODE_MISSING, node_missing
 from tests.pg import create_database, drop_database, plain_url
-from tests.platform_db.migration_helpers import REFERENCE_SQL
+from tests.platform_db.migration_helpers import AUTH_TABLES, REFERENCE_SQL
 
 NODE_TIMEOUT = 120.0
 
@@ -138,7 +139,7 @@ function toDdl(module) {
   return [...creates, ...foreignKeys, ...indexes];
 }
 
-// better-auth's generator for Drizzle on Postgres, as `auth generate` runs it. Its module also
+// better-auth's Drizzle schema generator, for Postgres with snake_case columns. Its module also
 // defines relations with drizzle-orm 1.x's `defineRelationsPart`, which the pinned 0.x lacks;
 // relations are no DDL, so a stand-in takes its place.
 async function drizzle() {
@@ -194,16 +195,20 @@ class Column:
 
 @dataclass(frozen=True)
 class Structure:
-    tables: frozenset[str]
-    columns: dict[tuple[str, str], Column]  # (table, column)
-    # (table, name) -> pg_get_constraintdef: "PRIMARY KEY (id)", "UNIQUE (email)",
-    # "FOREIGN KEY (user_id) REFERENCES "user"(id) ON DELETE CASCADE", ... (no name in it)
+    relations: dict[str, str]  # name -> relkind ("r": a table); indexes are below
+    columns: dict[tuple[str, str], Column]  # (table, column) -> its attributes
+    # (table, name) -> pg_get_constraintdef, which holds no name: "PRIMARY KEY (id)",
+    # "UNIQUE (email)", "FOREIGN KEY (user_id) REFERENCES "user"(id) ON DELETE CASCADE"
     constraints: dict[tuple[str, str], str]
-    # (table, name) -> pg_get_indexdef with the name taken out, for the indexes that back no
+    # (table, name) -> pg_get_indexdef without the name, for each index backing no
     # constraint: "CREATE INDEX ON public.session USING btree (user_id)"
     indexes: dict[tuple[str, str], str]
 
 
+RELATIONS = """
+SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind NOT IN ('i', 'I')
+"""
 COLUMNS = """
 SELECT c.relname, a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text
@@ -212,11 +217,7 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
 """
-TABLES = """
-SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = 'public' AND c.relkind NOT IN ('i', 'I')
-"""
-# Not-null constraints (pg_constraint holds them since Postgres 18) are in the columns.
+# Not-null constraints (in pg_constraint since Postgres 18) are the columns' nullability.
 CONSTRAINTS = """
 SELECT c.relname, con.conname, pg_get_constraintdef(con.oid)
 FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
@@ -236,7 +237,7 @@ WHERE n.nspname = 'public'
 async def describe(url: str) -> Structure:
     conn = await asyncpg.connect(plain_url(url))
     try:
-        tables = frozenset(str(row[0]) for row in await conn.fetch(TABLES))
+        relations = {str(row[0]): str(row[1]) for row in await conn.fetch(RELATIONS)}
         columns = {
             (row[0], row[1]): Column(row[2], row[3], row[4], row[5], row[6], row[7])
             for row in await conn.fetch(COLUMNS)
@@ -245,7 +246,7 @@ async def describe(url: str) -> Structure:
         indexes = {(row[0], row[1]): str(row[2]) for row in await conn.fetch(INDEXES)}
     finally:
         await conn.close()
-    return Structure(tables, columns, constraints, indexes)
+    return Structure(relations, columns, constraints, indexes)
 
 
 async def structure_of(admin_url: str, statements: Iterable[str]) -> Structure:
@@ -263,68 +264,78 @@ async def structure_of(admin_url: str, statements: Iterable[str]) -> Structure:
         await drop_database(admin_url, url)
 
 
+# --------------------------------------------------------------------------------------
+# Comparing, one line per fact.
+# --------------------------------------------------------------------------------------
+def column_fact(table: str, name: str, col: Column, type_: str, default: str | None) -> str:
+    null = "NOT NULL" if col.not_null else "NULL"
+    fact = f"column {table}.{name}: #{col.position} {type_} {null} DEFAULT {default}"
+    if col.identity or col.generated:
+        fact += f" identity={col.identity!r} generated={col.generated!r}"
+    return fact
+
+
 def facts(structure: Structure) -> list[str]:
-    """The structure as one line per fact, names included."""
-    lines = [f"table {table}" for table in structure.tables]
-    for (table, name), col in structure.columns.items():
-        null = "NOT NULL" if col.not_null else "NULL"
-        extra = f" identity={col.identity!r} generated={col.generated!r}"
-        lines.append(f"column {table}.{name}: #{col.position} {col.type} {null} DEFAULT {col.default}")
-        if col.identity or col.generated:
-            lines[-1] += extra
+    """Everything in the structure, names included."""
+    lines = [f"relation {name}: relkind {kind}" for name, kind in structure.relations.items()]
+    lines += [
+        column_fact(table, name, col, col.type, col.default)
+        for (table, name), col in structure.columns.items()
+    ]
     lines += [f"constraint {t}.{name}: {d}" for (t, name), d in structure.constraints.items()]
     lines += [f"index {t}.{name}: {d}" for (t, name), d in structure.indexes.items()]
     return lines
 
 
-# How better-auth's migrator differs from its Drizzle generator (and so from drizzle-kit's
-# DDL) by design, read from better-auth/dist/db/get-migration.mjs and the generator:
-MIGRATOR_TYPES = {
-    # A date field is `timestamptz` for the migrator, `timestamp('...')` (without time zone)
-    # in the generated Drizzle schema.
-    "timestamp with time zone": "timestamp without time zone",
-}
-# A date field defaulting to "now" gets DEFAULT CURRENT_TIMESTAMP from the migrator and
-# `.defaultNow()`, so DEFAULT now(), from the generator: the same function in Postgres.
+# How better-auth's migrator differs by design from its Drizzle generator, and so from the
+# DDL drizzle-kit writes for it (better-auth/dist/db/get-migration.mjs against the generator):
+# - types: a date field is `timestamptz` for the migrator, `timestamp(...)` (without time
+#   zone) in the generated Drizzle schema;
+MIGRATOR_TYPES = {"timestamp with time zone": "timestamp without time zone"}
+# - defaults: a date field defaulting to "now" gets DEFAULT CURRENT_TIMESTAMP from the
+#   migrator, `.defaultNow()` (DEFAULT now()) from the generator: the same value in Postgres.
+#   The migrator writes no other default when it creates a table (a static default only when
+#   it adds a column to an existing table; better-auth supplies the value on insert anyway),
+#   so the fixture's other defaults (email_verified's false) are not compared here;
 MIGRATOR_DEFAULTS = {"CURRENT_TIMESTAMP": "now()"}
-# The migrator writes no other default when it creates a table (static defaults only when it
-# adds a column to an existing one; better-auth itself supplies them on insert), so the
-# fixture's other defaults (email_verified's false) have nothing to be compared with.
-# Names: the migrator leaves the unique and foreign-key constraints to Postgres's default
-# names (user_email_key, session_user_id_fkey) where drizzle-orm names them
-# (user_email_unique, session_user_id_user_id_fk), and names a field's index after the
-# field's column (session_user_id_idx) where the generator uses the field's key
-# (session_userId_idx). The primary keys are inline on both sides, so Postgres names them
-# (user_pkey) for both: only those names and the table and column names are compared.
+COMPARED_DEFAULT = "now()"
+# - names: the migrator leaves unique and foreign-key constraints to Postgres's default names
+#   (user_email_key, session_user_id_fkey) where drizzle-orm names them (user_email_unique,
+#   session_user_id_user_id_fk), and names a field's index after its column
+#   (session_user_id_idx) where the generator uses the field's key (session_userId_idx). Both
+#   declare the primary keys inline, so Postgres names those (user_pkey) on both sides: only
+#   those names, and the table and column names, are compared here.
 
 
 def as_the_migrator_sees(structure: Structure, *, migrated: bool) -> list[str]:
-    """The facts both better-auth's migrator and the Drizzle DDL produce by design."""
-    lines = [f"table {table}" for table in structure.tables]
+    """The facts better-auth's migrator and the Drizzle DDL share by design; `migrated` for
+    the migrator's tables, whose types and defaults are mapped to the Drizzle ones."""
+    lines = [f"relation {name}: relkind {kind}" for name, kind in structure.relations.items()]
     for (table, name), col in structure.columns.items():
-        type_ = MIGRATOR_TYPES.get(col.type, col.type) if migrated else col.type
-        default = MIGRATOR_DEFAULTS.get(col.default or "", col.default) if migrated else col.default
-        if default != "now()":
-            default = None
-        null = "NOT NULL" if col.not_null else "NULL"
-        ident = f" identity={col.identity!r} generated={col.generated!r}"
-        lines.append(f"column {table}.{name}: #{col.position} {type_} {null} DEFAULT {default}")
-        if col.identity or col.generated:
-            lines[-1] += ident
+        type_, default = col.type, col.default
+        if migrated:
+            type_ = MIGRATOR_TYPES.get(type_, type_)
+            default = MIGRATOR_DEFAULTS.get(default, default) if default else None
+        shown = default if default == COMPARED_DEFAULT else None
+        lines.append(column_fact(table, name, col, type_, shown))
     for (table, name), definition in structure.constraints.items():
-        shown = name if definition.startswith("PRIMARY KEY") else "(name not compared)"
-        lines.append(f"constraint {table}.{shown}: {definition}")
+        shown_name = name if definition.startswith("PRIMARY KEY") else "(name not compared)"
+        lines.append(f"constraint {table}.{shown_name}: {definition}")
     lines += [f"index {t}.(name not compared): {d}" for (t, _), d in structure.indexes.items()]
     return lines
 
 
-def assert_same(fixture: list[str], produced: list[str], what: str) -> None:
-    missing = sorted((Counter(produced) - Counter(fixture)).elements())
-    extra = sorted((Counter(fixture) - Counter(produced)).elements())
-    message = [f"{REFERENCE_SQL.name} differs from {what}:"]
-    message += [f"  only in better-auth's: {line}" for line in missing]
-    message += [f"  only in the fixture:   {line}" for line in extra]
-    assert not missing and not extra, "\n".join(message)
+def assert_same(
+    expected: list[str], produced: list[str], expected_is: str, produced_by: str, details: str
+) -> None:
+    """The same facts in both; else each difference, then `details`."""
+    only_produced = sorted((Counter(produced) - Counter(expected)).elements())
+    only_expected = sorted((Counter(expected) - Counter(produced)).elements())
+    message = [f"{expected_is} differs from {produced_by}:"]
+    message += [f"  only in better-auth's: {line}" for line in only_produced]
+    message += [f"  only in {expected_is}: {line}" for line in only_expected]
+    if only_produced or only_expected:
+        pytest.fail("\n".join([*message, details]), pytrace=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -332,9 +343,9 @@ def assert_same(fixture: list[str], produced: list[str], what: str) -> None:
 # --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def node_dir(request: pytest.FixtureRequest) -> Path:
-    """node/ with its locked packages installed; fails (never skips) without Node."""
+    """node/ with its locked packages installed; without Node the tests fail, never skip."""
     if node_missing():
-        pytest.fail(NODE_MISSING)
+        pytest.fail(NODE_MISSING, pytrace=False)
     project: Path = request.getfixturevalue("node_project")
     installed = json.loads((project / "node_modules/better-auth/package.json").read_text())
     assert installed["version"] == BETTER_AUTH_VERSION, installed["version"]
@@ -361,7 +372,12 @@ async def run_script(workdir: Path, node_dir: Path, mode: str, **env: str) -> di
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=NODE_TIMEOUT)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=NODE_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     if process.returncode != 0:
         pytest.fail(f"reference.mjs {mode} failed ({process.returncode}):\n{stderr.decode()}")
     result: dict[str, Any] = json.loads(stdout)
@@ -370,40 +386,49 @@ async def run_script(workdir: Path, node_dir: Path, mode: str, **env: str) -> di
 
 @pytest.fixture(scope="module")
 async def fixture_structure(admin_url: str) -> Structure:
+    """The database tests/fixtures/betterauth_schema.sql builds."""
     return await structure_of(admin_url, [REFERENCE_SQL.read_text()])
 
 
 @pytest.fixture(scope="module")
-async def drizzle_ddl(workdir: Path, node_dir: Path) -> AsyncIterator[dict[str, Any]]:
-    """better-auth's generated Drizzle schema module and the DDL of it and of schema.mjs."""
-    yield await run_script(workdir, node_dir, "drizzle")
+async def generated(workdir: Path, node_dir: Path) -> dict[str, Any]:
+    """better-auth's Drizzle schema module (`code`), the DDL of its tables (`generator`) and
+    of node/schema.mjs's (`schemaMjs`)."""
+    return await run_script(workdir, node_dir, "drizzle")
 
 
 # --------------------------------------------------------------------------------------
 # The tests.
 # --------------------------------------------------------------------------------------
-async def test_fixture_is_the_ddl_of_better_auths_drizzle_schema(
-    admin_url: str, fixture_structure: Structure, drizzle_ddl: dict[str, Any]
+async def test_fixture_is_better_auths_drizzle_schema_as_drizzle_kit_ddl(
+    admin_url: str, fixture_structure: Structure, generated: dict[str, Any]
 ) -> None:
-    generated = await structure_of(admin_url, drizzle_ddl["generator"])
-    assert fixture_structure.tables == {"user", "session", "account", "verification"}
+    assert fixture_structure.relations == dict.fromkeys(AUTH_TABLES, "r")
+    produced = await structure_of(admin_url, generated["generator"])
     assert_same(
         facts(fixture_structure),
-        facts(generated),
-        "better-auth's Drizzle schema:\n" + drizzle_ddl["code"],
+        facts(produced),
+        "the fixture",
+        "the DDL of better-auth's Drizzle schema",
+        "better-auth generated this Drizzle schema:\n" + generated["code"],
     )
 
 
 async def test_schema_mjs_is_better_auths_drizzle_schema(
-    admin_url: str, drizzle_ddl: dict[str, Any]
+    admin_url: str, generated: dict[str, Any]
 ) -> None:
-    generated = await structure_of(admin_url, drizzle_ddl["generator"])
-    ours = await structure_of(admin_url, drizzle_ddl["schemaMjs"])
-    diff_from = "node/schema.mjs (as the fixture) against the generated schema"
-    assert_same(facts(ours), facts(generated), diff_from + ":\n" + drizzle_ddl["code"])
+    ours = await structure_of(admin_url, generated["schemaMjs"])
+    produced = await structure_of(admin_url, generated["generator"])
+    assert_same(
+        facts(ours),
+        facts(produced),
+        "node/schema.mjs",
+        "better-auth's Drizzle schema",
+        "better-auth generated this Drizzle schema:\n" + generated["code"],
+    )
 
 
-async def test_fixture_agrees_with_better_auths_own_migrator(
+async def test_fixture_agrees_with_the_tables_better_auths_migrator_creates(
     empty_db: str, fixture_structure: Structure, workdir: Path, node_dir: Path
 ) -> None:
     result = await run_script(workdir, node_dir, "migrate", DATABASE_URL=plain_url(empty_db))
@@ -411,5 +436,8 @@ async def test_fixture_agrees_with_better_auths_own_migrator(
     assert_same(
         as_the_migrator_sees(fixture_structure, migrated=False),
         as_the_migrator_sees(migrated, migrated=True),
-        "the tables better-auth's migrator creates:\n" + result["sql"],
+        "the fixture",
+        "the tables better-auth's migrator creates (its timestamptz and CURRENT_TIMESTAMP shown as "
+        "timestamp and now(), as_the_migrator_sees tells why)",
+        "better-auth's migrator ran:\n" + result["sql"],
     )

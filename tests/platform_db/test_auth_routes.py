@@ -290,7 +290,7 @@ async def test_sign_in_user_without_password(
 
     from service_kit.db import create_engine
 
-    engine = create_engine(auth_settings(db_url))
+    engine = create_engine(auth_settings(db_url).database)
     try:
         async with AsyncSession(engine) as db:
             await make_user(db, email="social@example.com")

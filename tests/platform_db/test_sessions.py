@@ -31,7 +31,7 @@ POLICY = SessionPolicy(expires_in=timedelta(days=7), update_age=timedelta(days=1
 
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(auth_settings(db_url), pool_size=2)
+    eng = create_engine(auth_settings(db_url).database, pool_size=2)
     yield eng
     await eng.dispose()
 

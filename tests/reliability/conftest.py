@@ -69,7 +69,7 @@ class Api:
 
     @property
     def settings(self) -> AuthSettings:
-        settings: AuthSettings = auth_state(self.app).settings
+        settings: AuthSettings = auth_state(self.app).settings.auth
         return settings
 
     @property

@@ -16,7 +16,7 @@ from platform_auth.passwords import PasswordHasher
 from platform_auth.ratelimit import RateLimitMiddleware, rules_from
 from platform_auth.router import router as auth_router
 from platform_auth.sessions import SessionPolicy
-from platform_auth.settings import AuthSettings, load_settings
+from platform_auth.settings import ServiceSettings, load_settings
 from platform_auth.state import AuthState
 from platform_db.trees import PLATFORM
 from service_kit.app import create_app as create_kit_app
@@ -28,7 +28,7 @@ from service_kit.service import ServiceDefinition
 def create_app(
     *,
     title: str,
-    settings: AuthSettings,
+    settings: ServiceSettings,
     routers: Sequence[APIRouter] = (),
     trees: Sequence[MigrationTree] = (),
     description: str = "",
@@ -38,19 +38,20 @@ def create_app(
 
     `trees` are the migration trees `/readyz` requires at head besides the platform's.
     """
+    auth = settings.auth
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cache = SessionCache(settings.session_cache_size, settings.session_cache_ttl)
+        cache = SessionCache(auth.session_cache_size, auth.session_cache_ttl)
         state = AuthState(
             settings=settings,
-            hasher=PasswordHasher(settings.password_hash_concurrency),
-            mailer=create_mailer(settings),
-            policy=SessionPolicy.from_settings(settings),
+            hasher=PasswordHasher(auth.password_hash_concurrency),
+            mailer=create_mailer(settings.mail, auth.environment),
+            policy=SessionPolicy.from_settings(auth),
             cache=cache,
         )
-        if settings.session_cache_size > 0:
-            dsn, connect_kwargs = asyncpg_dsn(settings.database_url)
+        if auth.session_cache_size > 0:
+            dsn, connect_kwargs = asyncpg_dsn(settings.database.database_url)
             state.listener = SessionListener(dsn, cache, connect_kwargs=connect_kwargs)
             state.listener.start()
         app.state.auth = state
@@ -64,12 +65,14 @@ def create_app(
     middleware = [
         Middleware(
             TrustedOriginMiddleware,
-            cookie_names=[settings.session_cookie_name],
-            trusted_origins=settings.trusted_origins,
+            cookie_names=[auth.session_cookie_name],
+            trusted_origins=auth.trusted_origins,
         )
     ]
     if settings.rate_limits_on:
-        middleware.insert(0, Middleware(RateLimitMiddleware, rules=rules_from(settings)))
+        middleware.insert(
+            0, Middleware(RateLimitMiddleware, rules=rules_from(settings.rate_limits))
+        )
     return create_kit_app(
         title=title,
         description=description,
@@ -80,8 +83,7 @@ def create_app(
         routers=(*routers, auth_router),
         middleware=middleware,
         lifespan=lifespan,
-        host_patterns=settings.host_patterns,
-        max_body_bytes=settings.max_body_bytes,
+        host_patterns=auth.host_patterns,
         private_paths=("/api/auth",),
     )
 
@@ -90,7 +92,7 @@ def auth_service(
     *,
     name: str,
     tree: MigrationTree,
-    create_app: Callable[[AuthSettings | None], FastAPI],
+    create_app: Callable[[ServiceSettings | None], FastAPI],
     default_port: int,
     description: str = "",
 ) -> ServiceDefinition:

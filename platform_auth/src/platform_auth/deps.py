@@ -22,7 +22,7 @@ from service_kit.types import utcnow
 
 
 async def _settings(request: Request) -> AuthSettings:
-    return auth_state(request.app).settings
+    return auth_state(request.app).settings.auth
 
 
 async def _hasher(request: Request) -> PasswordHasher:
@@ -60,7 +60,7 @@ async def authenticate(
 ) -> AuthContext | None:
     """The caller's live session, from the process cache when it can, else one query."""
     state = auth_state(request.app)
-    settings, policy, cache = state.settings, state.policy, state.cache
+    settings, policy, cache = state.settings.auth, state.policy, state.cache
     token = session_token(request, settings, bearer)
     if token is None:
         return None

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from platform_auth.settings import AuthSettings
+from platform_auth.settings import MailSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Mailer(Protocol):
 class SmtpMailer:
     configured = True
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: MailSettings) -> None:
         assert settings.smtp_host is not None
         self.settings = settings
 
@@ -102,10 +102,10 @@ class NoMailer:
         raise RuntimeError("mail is not configured")
 
 
-def create_mailer(settings: AuthSettings) -> Mailer:
+def create_mailer(settings: MailSettings, environment: str) -> Mailer:
     if settings.smtp_host:
         return SmtpMailer(settings)
-    if settings.environment == "development":
+    if environment == "development":
         return LogMailer()
     log.warning("SMTP_HOST is not set: verification and password-reset mail is disabled")
     return NoMailer()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from platform_auth.errors import TooManyRequests
-from platform_auth.settings import AuthSettings, parse_rate
+from platform_auth.settings import RateLimitSettings, parse_rate
 from service_kit.errors import send_error
 
 AUTH_PREFIX = "/api/auth"
@@ -30,7 +30,7 @@ class Rule:
     window: float
 
 
-def rules_from(settings: AuthSettings) -> list[Rule]:
+def rules_from(settings: RateLimitSettings) -> list[Rule]:
     def rule(name: str, rate: str, *prefixes: str) -> Rule:
         limit, window = parse_rate(rate)
         return Rule(name, lambda path: path.startswith(prefixes), limit, window)

@@ -7,10 +7,10 @@ from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service_kit.service import load
-from service_kit.settings import DatabaseSettings
+from service_kit.settings import Settings
 from service_kit.urls import origin_of
 
 
@@ -26,8 +26,10 @@ def parse_rate(value: str) -> tuple[int, float]:
     return parsed
 
 
-class AuthSettings(DatabaseSettings):
-    """Everything a service process needs: database plus the shared login."""
+class AuthSettings(BaseSettings):
+    """The shared login: secret, cookies, sessions, origins, hosts, verification."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     auth_secret: SecretStr = Field(
         validation_alias=AliasChoices("AUTH_SECRET", "BETTER_AUTH_SECRET"),
@@ -54,7 +56,6 @@ class AuthSettings(DatabaseSettings):
         validation_alias="PASSWORD_HASH_CONCURRENCY",
     )
 
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
     # Validated sessions cached per process, evicted through LISTEN/NOTIFY; 0 turns it off.
     session_cache_size: int = Field(default=10_000, ge=0, validation_alias="SESSION_CACHE_SIZE")
     session_cache_ttl: float = Field(default=300.0, gt=0, validation_alias="SESSION_CACHE_TTL")
@@ -77,55 +78,6 @@ class AuthSettings(DatabaseSettings):
     reset_password_expires_in: int = Field(
         default=3600, gt=0, validation_alias="RESET_PASSWORD_EXPIRES_IN"
     )
-
-    # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development, and
-    # refused elsewhere (503 EMAIL_NOT_CONFIGURED) rather than silently dropped.
-    smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
-    smtp_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="SMTP_PORT")
-    smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
-    smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
-    smtp_security: Literal["starttls", "tls", "none"] = Field(
-        default="starttls", validation_alias="SMTP_SECURITY"
-    )
-    smtp_timeout: float = Field(default=30.0, gt=0, validation_alias="SMTP_TIMEOUT")
-    mail_from: str = Field(default="no-reply@localhost", validation_alias="MAIL_FROM")
-
-    # Rate limits per client address and route group, kept in each process's memory.
-    # None: on, except in development and test (as better-auth).
-    rate_limit_enabled: bool | None = Field(default=None, validation_alias="RATE_LIMIT_ENABLED")
-    rate_limit_sign_in: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_IN")
-    rate_limit_sign_up: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_UP")
-    rate_limit_password: str = Field(default="3/10", validation_alias="RATE_LIMIT_PASSWORD")
-    rate_limit_email: str = Field(default="3/60", validation_alias="RATE_LIMIT_EMAIL")
-
-    @field_validator(
-        "rate_limit_sign_in", "rate_limit_sign_up", "rate_limit_password", "rate_limit_email"
-    )
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        parse_rate(value)
-        return value
-
-    @model_validator(mode="after")
-    def _verification_needs_mail(self) -> AuthSettings:
-        no_mail = not self.smtp_host and self.environment != "development"
-        if self.require_email_verification and no_mail:
-            raise ValueError(
-                "REQUIRE_EMAIL_VERIFICATION needs SMTP_HOST: without mail nobody could "
-                "verify, so nobody could sign in"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _mail_links_need_auth_url(self) -> AuthSettings:
-        if self.smtp_host and not self.auth_url and self.environment != "development":
-            raise ValueError(
-                "SMTP_HOST needs AUTH_URL (the public base URL, e.g. https://app.example.com): "
-                "links in mails are built from it, never from a request's Host header"
-            )
-        if self.auth_url and origin_of(self.auth_url) is None:
-            raise ValueError("AUTH_URL must be an http(s) URL such as https://app.example.com")
-        return self
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -158,12 +110,6 @@ class AuthSettings(DatabaseSettings):
         return frozenset(o for o in found if o is not None)
 
     @cached_property
-    def rate_limits_on(self) -> bool:
-        if self.rate_limit_enabled is not None:
-            return self.rate_limit_enabled
-        return self.environment == "production"
-
-    @cached_property
     def secure_cookies(self) -> bool:
         if self.cookie_secure is not None:
             return self.cookie_secure
@@ -182,6 +128,85 @@ class AuthSettings(DatabaseSettings):
         return self.cookie_name("dont_remember")
 
 
-def load_settings() -> AuthSettings:
+class MailSettings(BaseSettings):
+    """Where mail goes."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development, and
+    # refused elsewhere (503 EMAIL_NOT_CONFIGURED) rather than silently dropped.
+    smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
+    smtp_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="SMTP_PORT")
+    smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")
+    smtp_password: SecretStr | None = Field(default=None, validation_alias="SMTP_PASSWORD")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", validation_alias="SMTP_SECURITY"
+    )
+    smtp_timeout: float = Field(default=30.0, gt=0, validation_alias="SMTP_TIMEOUT")
+    mail_from: str = Field(default="no-reply@localhost", validation_alias="MAIL_FROM")
+
+
+class RateLimitSettings(BaseSettings):
+    """Rate limits per client address and route group."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Kept in each process's memory.
+    # None: on, except in development and test (as better-auth).
+    rate_limit_enabled: bool | None = Field(default=None, validation_alias="RATE_LIMIT_ENABLED")
+    rate_limit_sign_in: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_IN")
+    rate_limit_sign_up: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_UP")
+    rate_limit_password: str = Field(default="3/10", validation_alias="RATE_LIMIT_PASSWORD")
+    rate_limit_email: str = Field(default="3/60", validation_alias="RATE_LIMIT_EMAIL")
+
+    @field_validator(
+        "rate_limit_sign_in", "rate_limit_sign_up", "rate_limit_password", "rate_limit_email"
+    )
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+
+class ServiceSettings(Settings):
+    """Everything a service process reads, one object per concern, assembled here."""
+
+    auth: AuthSettings
+    mail: MailSettings
+    rate_limits: RateLimitSettings
+
+    @model_validator(mode="after")
+    def _verification_needs_mail(self) -> ServiceSettings:
+        no_mail = not self.mail.smtp_host and self.auth.environment != "development"
+        if self.auth.require_email_verification and no_mail:
+            raise ValueError(
+                "REQUIRE_EMAIL_VERIFICATION needs SMTP_HOST: without mail nobody could "
+                "verify, so nobody could sign in"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mail_links_need_auth_url(self) -> ServiceSettings:
+        if (
+            self.mail.smtp_host
+            and not self.auth.auth_url
+            and self.auth.environment != "development"
+        ):
+            raise ValueError(
+                "SMTP_HOST needs AUTH_URL (the public base URL, e.g. https://app.example.com): "
+                "links in mails are built from it, never from a request's Host header"
+            )
+        if self.auth.auth_url and origin_of(self.auth.auth_url) is None:
+            raise ValueError("AUTH_URL must be an http(s) URL such as https://app.example.com")
+        return self
+
+    @cached_property
+    def rate_limits_on(self) -> bool:
+        if self.rate_limits.rate_limit_enabled is not None:
+            return self.rate_limits.rate_limit_enabled
+        return self.auth.environment == "production"
+
+
+def load_settings() -> ServiceSettings:
     """A service process's settings, from the environment (one readable error if wrong)."""
-    return load(AuthSettings)
+    return load(ServiceSettings.from_env, "settings")

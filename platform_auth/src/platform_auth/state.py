@@ -10,14 +10,14 @@ from platform_auth.cache import SessionCache, SessionListener
 from platform_auth.mail import Mailer
 from platform_auth.passwords import PasswordHasher
 from platform_auth.sessions import SessionPolicy
-from platform_auth.settings import AuthSettings
+from platform_auth.settings import ServiceSettings
 
 
 @dataclass
 class AuthState:
     """On `app.state.auth`; read it through `auth_state(app)`, never by name."""
 
-    settings: AuthSettings
+    settings: ServiceSettings
     hasher: PasswordHasher
     mailer: Mailer
     policy: SessionPolicy

@@ -20,7 +20,7 @@ from service_kit.middleware import (
     SecurityHeadersMiddleware,
 )
 from service_kit.migrate import MigrationTree
-from service_kit.settings import DatabaseSettings
+from service_kit.settings import Settings
 from service_kit.state import KitState
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -68,13 +68,12 @@ def _document_error_shape(app: FastAPI) -> None:
 def create_app(
     *,
     title: str,
-    settings: DatabaseSettings,
+    settings: Settings,
     trees: Sequence[MigrationTree],
     routers: Sequence[APIRouter] = (),
     middleware: Sequence[Middleware] = (),
     lifespan: Lifespan | None = None,
     host_patterns: frozenset[str] = frozenset({"*"}),
-    max_body_bytes: int = 1024 * 1024,
     private_paths: tuple[str, ...] = (),
     description: str = "",
     version: str = "0.1.0",
@@ -89,7 +88,7 @@ def create_app(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        state.database = Database(create_engine(settings))
+        state.database = Database(create_engine(settings.database))
         try:
             async with lifespan(app) if lifespan else nullcontext():
                 yield
@@ -110,7 +109,7 @@ def create_app(
     install_error_handlers(app)
     for layer in reversed(middleware):  # add_middleware puts each outside the ones before it
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(
         AllowedHostsMiddleware,
         patterns=host_patterns,

@@ -13,34 +13,9 @@ import asyncio
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-class ServerSettings(BaseSettings):
-    """How `serve` runs uvicorn. Names are a contract with operators: keep them."""
-
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
-    host: str = Field(default="127.0.0.1", validation_alias="HOST")
-    port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
-    log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
-    access_log: bool = Field(default=True, validation_alias="ACCESS_LOG")
-    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
-    # addresses or networks, `*` for any). None by default: a client's own address is what
-    # counts for rate limits and logs, and no local process can choose another.
-    forwarded_allow_ips: str = Field(default="", validation_alias="FORWARDED_ALLOW_IPS")
-    max_header_bytes: int = Field(default=16 * 1024, ge=1024, validation_alias="MAX_HEADER_BYTES")
-    max_headers: int = Field(default=100, ge=8, validation_alias="MAX_HEADERS")
-    header_timeout: float = Field(default=10.0, gt=0, validation_alias="HEADER_TIMEOUT")
-    max_connections: int = Field(default=1000, ge=1, validation_alias="MAX_CONNECTIONS")
-    keep_alive_timeout: int = Field(default=5, ge=1, validation_alias="KEEP_ALIVE_TIMEOUT")
-
-    @field_validator("log_level")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
+from service_kit.settings import ServerSettings
 
 
 def _answer(status: int, reason: str, code: str, message: str) -> bytes:

@@ -15,16 +15,15 @@ from typing import Any, NoReturn, TypeVar
 
 from fastapi import FastAPI
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
 from service_kit import migrate
 from service_kit.cli import main_for, subcommands
-from service_kit.http_server import BoundedHttpToolsProtocol, ServerSettings
+from service_kit.http_server import BoundedHttpToolsProtocol
 from service_kit.migrate import MigrationError, MigrationTree
-from service_kit.settings import DatabaseSettings
+from service_kit.settings import Settings
 
 log = logging.getLogger(__name__)
-SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class ServiceDefinition:
     name: str
     tree: MigrationTree
     create_app: Callable[[Any], FastAPI]
-    load_settings: Callable[[], DatabaseSettings]
+    load_settings: Callable[[], Settings]
     default_port: int
     description: str = ""
     # Path segments after which a URL carries a single-use token (a mailed link's
@@ -42,10 +41,11 @@ class ServiceDefinition:
     secret_path_segments: tuple[str, ...] = ()
 
 
-def load(kind: type[SettingsT], what: str = "settings") -> SettingsT:
-    """Read `kind` from the environment; a problem becomes one readable MigrationError."""
+def load(read: Callable[[], T], what: str = "settings") -> T:
+    """Read settings (`read()`: a class, or `Settings.from_env`); a problem becomes one
+    readable MigrationError."""
     try:
-        return kind()
+        return read()
     except ValidationError as exc:
         # A check across several settings has no single field to name.
         problems = "; ".join(
@@ -53,10 +53,6 @@ def load(kind: type[SettingsT], what: str = "settings") -> SettingsT:
             for e in exc.errors()
         )
         raise MigrationError(f"invalid or missing {what}: {problems}") from None
-
-
-def load_server_settings() -> ServerSettings:
-    return load(ServerSettings, "server settings")
 
 
 class RedactTokens(logging.Filter):
@@ -101,13 +97,13 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
     import uvicorn
 
     settings = service.load_settings()
-    server = load_server_settings()
+    server, database = settings.server, settings.database
     heads = asyncio.run(
         migrate.upgrade(
             service.tree,
-            settings.database_url,
-            wait_timeout=settings.platform_wait_timeout,
-            lock_timeout=settings.migration_lock_timeout,
+            database.database_url,
+            wait_timeout=database.platform_wait_timeout,
+            lock_timeout=database.migration_lock_timeout,
         )
     )
     log.info("%s: migrations at %s", service.name, " ".join(heads))

@@ -1,8 +1,14 @@
-"""Settings every command that touches the database reads. Names are a contract with operators."""
+"""Settings, one object per concern, read from the environment and assembled in one place.
+
+The variable names are a contract with operators: keep them.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Mapping
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +31,60 @@ class DatabaseSettings(BaseSettings):
     migration_lock_timeout: float = Field(
         default=300.0, ge=0, validation_alias="MIGRATION_LOCK_TIMEOUT"
     )
+
+
+class ServerSettings(BaseSettings):
+    """How `serve` runs uvicorn and what a request may carry."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    host: str = Field(default="127.0.0.1", validation_alias="HOST")
+    port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
+    log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
+    access_log: bool = Field(default=True, validation_alias="ACCESS_LOG")
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
+    # addresses or networks, `*` for any). None by default: a client's own address is what
+    # counts for rate limits and logs, and no local process can choose another.
+    forwarded_allow_ips: str = Field(default="", validation_alias="FORWARDED_ALLOW_IPS")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, validation_alias="MAX_HEADER_BYTES")
+    max_headers: int = Field(default=100, ge=8, validation_alias="MAX_HEADERS")
+    header_timeout: float = Field(default=10.0, gt=0, validation_alias="HEADER_TIMEOUT")
+    max_connections: int = Field(default=1000, ge=1, validation_alias="MAX_CONNECTIONS")
+    keep_alive_timeout: int = Field(default=5, ge=1, validation_alias="KEEP_ALIVE_TIMEOUT")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
+
+    @field_validator("log_level")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class Settings(BaseModel):
+    """The settings of a process, one field per concern (each a BaseSettings class).
+
+    `from_env()` reads every concern from the environment; `from_values()` builds them from
+    a mapping of the same variable names (tests). A subclass adds concerns and the checks
+    that span them (as model validators).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    database: DatabaseSettings
+    server: ServerSettings
+
+    @classmethod
+    def from_env(cls) -> Self:
+        return cls.model_validate({name: _concern(cls, name)() for name in cls.model_fields})
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Self:
+        return cls.model_validate(
+            {name: _concern(cls, name).model_validate(dict(values)) for name in cls.model_fields}
+        )
+
+
+def _concern(cls: type[Settings], name: str) -> type[BaseSettings]:
+    kind = cls.model_fields[name].annotation
+    assert isinstance(kind, type), (cls, name)
+    assert issubclass(kind, BaseSettings), (cls, name)
+    return kind

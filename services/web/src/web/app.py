@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from platform_auth.app import auth_service
 from platform_auth.app import create_app as create_auth_app
-from platform_auth.settings import AuthSettings, load_settings
+from platform_auth.settings import ServiceSettings, load_settings
 from platform_db.trees import PLATFORM
 from service_kit.migrate import MigrationTree
 from web.routes import router
@@ -20,7 +20,7 @@ TREE = MigrationTree(
 )
 
 
-def create_app(settings: AuthSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     return create_auth_app(
         title="web",
         description="The web service: todos for the web app.",
