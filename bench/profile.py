@@ -29,8 +29,10 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("fastapi/", "FastAPI/Starlette: routing, middleware, responses"),
     ("starlette/", "FastAPI/Starlette: routing, middleware, responses"),
     ("uvicorn/", "uvicorn: HTTP protocol"),
-    ("/platform_db/", "our code (platform_db)"),
-    ("/web/", "our code (platform_db)"),
+    ("/service_kit/", "our code"),
+    ("/platform_db/", "our code"),
+    ("/platform_auth/", "our code"),
+    ("/web/", "our code"),
     ("/asyncio/", "asyncio (tasks, futures, event loop)"),
 )
 # Inclusive: the share of samples with such a frame anywhere in the stack.
@@ -82,7 +84,7 @@ def package_of(path: str) -> str:
     if "site-packages" in parts:
         top = parts[parts.index("site-packages") + 1]
         return top.removesuffix(".py")
-    for ours in ("platform_db", "web", "trading", "bench"):
+    for ours in ("service_kit", "platform_db", "platform_auth", "web", "trading", "bench"):
         if ours in parts[:-1]:
             return ours
     for i, part in enumerate(parts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,48 @@ def test_lint_imports_fails_on_an_import_against_the_layers(tmp_path: Path) -> N
     broken = subprocess.run([str(lint)], cwd=copy, capture_output=True, text=True, env=env)
     assert broken.returncode != 0, broken.stdout
     assert "service_kit.errors -> platform_auth.deps" in broken.stdout
+
+
+def test_the_advisory_lock_keys_are_those_of_the_release_before() -> None:
+    """Old and new replicas must exclude each other while they migrate: the keys are a
+    contract (the values of the release before the package split)."""
+    from platform_db.trees import PLATFORM
+    from trading.app import TREE as TRADING
+    from web.app import TREE as WEB
+
+    assert PLATFORM.lock_key == -6019638558074346108
+    assert WEB.lock_key == 7770610244624304208
+    assert TRADING.lock_key == -7491896461909318192
+
+
+@pytest.mark.parametrize(
+    ("tree", "schema", "table"),
+    [
+        ("platform_db.trees:PLATFORM", "public", "platform_alembic_version"),
+        ("web.app:TREE", "web", "alembic_version"),
+        ("trading.app:TREE", "trading", "alembic_version"),
+    ],
+)
+def test_the_version_tables_are_where_they_were(tree: str, schema: str, table: str) -> None:
+    import importlib
+
+    module, name = tree.split(":")
+    found = getattr(importlib.import_module(module), name)
+    assert (found.schema, found.version_table) == (schema, table)
+
+
+def test_the_commands_and_subcommands_are_kept() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts["platform-db"] == "platform_db.cli:main"
+    assert scripts["web"] == "web.cli:main"
+    assert scripts["trading"] == "trading.cli:main"
+    kept = ("migrate", "check", "current", "heads", "stamp", "downgrade", "revision")
+    bin_dir = Path(sys.executable).parent
+    for command, extra in (("platform-db", ("dev",)), ("web", ("serve",)), ("trading", ("serve",))):
+        out = subprocess.run(
+            [str(bin_dir / command), "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        for sub in (*kept, *extra):
+            assert re.search(rf"\b{sub}\b", out), (command, sub, out)
