@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import os
 import shutil
 import sys
@@ -16,7 +17,6 @@ from typing import Any
 
 import asyncpg
 
-import platform_db
 from platform_db.trees import PLATFORM
 from service_kit.migrate import MigrationTree
 from tests.pg import plain_url
@@ -201,19 +201,25 @@ async def run_python(
 # --------------------------------------------------------------------------------------
 # Throwaway trees: the platform tree copied to a folder, plus revisions a test adds.
 # --------------------------------------------------------------------------------------
-PLATFORM_MIGRATIONS = Path(platform_db.__file__).resolve().parent / "migrations"
+def copy_tree(
+    tree: MigrationTree, tmp_path: Path, revisions: Mapping[str, str] | None = None
+) -> MigrationTree:
+    """A copy of `tree`'s migrations in `tmp_path` with extra revision files (name -> source):
+    the next release of that tree, as far as its database is concerned.
+
+    The copy keeps the tree's name (so its advisory lock key), version table and models.
+    """
+    package, folder = tree.script_location.split(":")
+    source = Path(importlib.import_module(package).__file__ or "").resolve().parent / folder
+    location = tmp_path / f"{tree.name}-migrations"
+    shutil.copytree(source, location, ignore=shutil.ignore_patterns("__pycache__"))
+    for filename, text in (revisions or {}).items():
+        (location / "versions" / filename).write_text(textwrap.dedent(text))
+    return dataclasses.replace(tree, script_location=str(location))
 
 
 def copy_platform_tree(tmp_path: Path, revisions: Mapping[str, str] | None = None) -> MigrationTree:
-    """A copy of the platform tree in `tmp_path` with extra revision files (name -> source).
-
-    The copy keeps the platform's name (so its advisory lock key), version table and models.
-    """
-    location = tmp_path / "migrations"
-    shutil.copytree(PLATFORM_MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
-    for filename, source in (revisions or {}).items():
-        (location / "versions" / filename).write_text(textwrap.dedent(source))
-    return dataclasses.replace(PLATFORM, script_location=str(location))
+    return copy_tree(PLATFORM, tmp_path, revisions)
 
 
 def advisory_lock_ids(key: int) -> tuple[int, int]:

@@ -32,7 +32,11 @@ async def test_healthz(platform_client: httpx.AsyncClient) -> None:
 async def test_readyz_platform(platform_client: httpx.AsyncClient) -> None:
     r = await platform_client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ready", "trees": {"platform-db": " ".join(PLATFORM.heads())}}
+    assert r.json() == {
+        "status": "ready",
+        "trees": {"platform-db": " ".join(PLATFORM.heads())},
+        "ahead": {},
+    }
 
 
 async def test_readyz_service(service_client: httpx.AsyncClient) -> None:

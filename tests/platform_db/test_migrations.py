@@ -34,6 +34,7 @@ from tests.platform_db.migration_helpers import (
 )
 
 HEAD = PLATFORM.heads()
+HISTORY = f"{PLATFORM.version_table}_history"
 TS = "timestamp without time zone"
 
 # (column, type, NOT NULL, default) in table order: better-auth 1.7.25's Drizzle schema.
@@ -167,7 +168,7 @@ async def assert_auth_schema(url: str) -> None:
 async def test_upgrade_from_empty_builds_better_auth_schema(empty_db: str) -> None:
     assert await existing_tables(empty_db) == set()
     assert await migrate.upgrade(PLATFORM, empty_db) == HEAD
-    assert await existing_tables(empty_db) == {*AUTH_TABLES, PLATFORM.version_table}
+    assert await existing_tables(empty_db) == {*AUTH_TABLES, PLATFORM.version_table, HISTORY}
     assert await version_rows(empty_db) == list(HEAD)
     await assert_auth_schema(empty_db)
 
@@ -193,13 +194,16 @@ async def test_downgrade_base_leaves_nothing_and_upgrades_again(empty_db: str) -
     await migrate.upgrade(PLATFORM, empty_db)
     assert await migrate.downgrade(PLATFORM, empty_db, "base") == ()
     assert await migrate.current(PLATFORM, empty_db) == ()
-    # Nothing of the tree is left but its (empty) version table.
-    assert await existing_tables(empty_db) <= {PLATFORM.version_table}
+    # Nothing of the tree is left but its (empty) version table and its history.
+    assert await existing_tables(empty_db) <= {PLATFORM.version_table, HISTORY}
     assert await version_rows(empty_db) in (None, [])
     left = await describe_schema(empty_db)
     assert {r[0] for r in left["relations"]} <= {
         PLATFORM.version_table,
         f"{PLATFORM.version_table}_pkc",
+        HISTORY,
+        f"{HISTORY}_pkey",
+        f"{HISTORY}_id_seq",
     }
     assert left["triggers"] == []
     assert left["functions"] == []
@@ -375,7 +379,7 @@ async def test_check_fails_clearly_when_not_at_head(empty_db: str) -> None:
         await migrate.check(PLATFORM, empty_db)
     message = str(info.value)
     assert "no revision" in message
-    assert f"head is {' '.join(HEAD)}" in message
+    assert f"behind this release's head {' '.join(HEAD)}" in message
     assert "platform-db migrate" in message
     result = await run_cli("check", database_url=empty_db)
     assert result.returncode == 1, result
@@ -448,9 +452,11 @@ async def test_five_replicas_migrate_one_empty_database(empty_db: str) -> None:
         assert f"at {' '.join(HEAD)} (head)" in result.stdout
     log = await fetch(empty_db, "SELECT backend, tag, object FROM ddl_log")
     creates = Counter(str(obj) for _, tag, obj in log if tag == "CREATE TABLE")
-    # The four auth tables and the version table, each created once, by one process.
+    # The four auth tables, the version table and its history, each created once, by one
+    # process.
     tables = ['public."user"', "public.session", "public.account", "public.verification"]
-    assert creates == Counter([*tables, f"public.{PLATFORM.version_table}"])
+    history = f"public.{HISTORY}"
+    assert creates == Counter([*tables, f"public.{PLATFORM.version_table}", history])
     assert len({backend for backend, _, _ in log}) == 1
     assert await version_rows(empty_db) == list(HEAD)
     await assert_auth_schema(empty_db)

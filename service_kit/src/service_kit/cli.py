@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from service_kit import migrate
 from service_kit.db import async_url
+from service_kit.lint import lint
 from service_kit.migrate import MigrationError, MigrationTree
 from service_kit.settings import DatabaseSettings
 
@@ -49,6 +50,11 @@ def build_parser(tree: MigrationTree, description: str) -> argparse.ArgumentPars
     sub.add_parser("check", help="fail if the models, the migrations and the database disagree")
     sub.add_parser("current", help="print the revision the database is at")
     sub.add_parser("heads", help="print the head revision of the installed migrations")
+    sub.add_parser(
+        "lint",
+        help="check every migration's SQL with squawk: nothing that breaks the release before "
+        "or stalls it, except in a migration marked as a contract step (no database needed)",
+    )
     p = sub.add_parser(
         "stamp",
         help="record a revision without running it"
@@ -72,6 +78,8 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
     if args.command == "heads":
         print(" ".join(tree.heads()))
         return 0
+    if args.command == "lint":
+        return run_lint(tree)
     if args.command == "revision" and args.empty:
         script = asyncio.run(migrate.revision(tree, None, args.message, autogenerate=False))
         print(f"wrote {script.path if script else 'nothing'}")
@@ -85,9 +93,16 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
                 url,
                 wait_timeout=settings.platform_wait_timeout,
                 lock_timeout=settings.migration_lock_timeout,
+                ddl_lock_timeout=settings.migration_ddl_lock_timeout,
             )
         )
-        print(f"{tree.name}: at {' '.join(heads)} (head)")
+        if heads == tree.heads():
+            print(f"{tree.name}: at {' '.join(heads)} (head)")
+        else:
+            print(
+                f"{tree.name}: at {' '.join(heads)}, ahead of this release's head "
+                f"{' '.join(tree.heads())}: a newer release migrated it; nothing to do"
+            )
     elif args.command == "check":
         asyncio.run(migrate.check(tree, url))
         print(f"{tree.name}: models, migrations and database agree")
@@ -103,13 +118,42 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
     elif args.command == "downgrade":
         heads = asyncio.run(
             migrate.downgrade(
-                tree, url, args.revision, lock_timeout=settings.migration_lock_timeout
+                tree,
+                url,
+                args.revision,
+                lock_timeout=settings.migration_lock_timeout,
+                ddl_lock_timeout=settings.migration_ddl_lock_timeout,
             )
         )
         print(f"{tree.name}: at {' '.join(heads) or '(none)'}")
     elif args.command == "revision":
         script = asyncio.run(migrate.revision(tree, url, args.message))
         print(f"wrote {script.path if script else 'nothing'}")
+    return 0
+
+
+def run_lint(tree: MigrationTree) -> int:
+    report = lint(tree)
+    for line in report.findings:
+        print(f"{tree.name}: {line}")
+    for migration in report.migrations:
+        if migration.contract:
+            print(f"{tree.name}: {migration.name} is a contract step: {migration.contract}")
+    if report.findings:
+        hint = (
+            " A step that removes, renames or retypes what the release before uses, or builds "
+            "an index while blocking writes, ships as a contract step one release after the "
+            'code stops using it: set `contract = "<what it removes; unused since which '
+            'release>"` in that migration (README: "Shipping a schema change").'
+            if report.needs_contract_mark
+            else ""
+        )
+        print(
+            f"error: {tree.name}: {len(report.findings)} problem(s) in the migrations' SQL." + hint,
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{tree.name}: {len(report.migrations)} migration(s) linted with squawk: no problems")
     return 0
 
 

@@ -14,7 +14,7 @@ import importlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -29,7 +29,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from service_kit import history
 from service_kit.db import async_url
+from service_kit.history import Relation, TreeStatus
 from service_kit.types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,17 @@ class MigrationTree:
     def heads(self) -> tuple[str, ...]:
         return tuple(sorted(self.script().get_heads()))
 
+    def graph(self) -> dict[str, tuple[str, ...]]:
+        """revision -> parents, as this installation's migration files declare them."""
+        return history.script_graph(self.script())
+
 
 # Version tables of every tree, so that no tree's reflection ever looks at another's.
-_VERSION_TABLE_RE = re.compile(r"(^|_)alembic_version$")
+_VERSION_TABLE_RE = re.compile(r"(^|_)alembic_version(_history)?$")
+
+# Seconds a migration's statement may wait for a table lock before the run is retried.
+DDL_LOCK_TIMEOUT = 5.0
+LOCK_NOT_AVAILABLE = "55P03"  # Postgres: lock_timeout expired
 
 
 # --------------------------------------------------------------------------------------
@@ -113,7 +123,10 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
 
 
 def configure_context(
-    context: EnvironmentContext, tree: MigrationTree, connection: Connection
+    context: EnvironmentContext,
+    tree: MigrationTree,
+    connection: Connection | None,
+    **options: Any,
 ) -> None:
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
         if type_ == "schema":
@@ -143,23 +156,39 @@ def configure_context(
         compare_type=True,
         compare_server_default=True,
         render_item=_render_item,
+        # One transaction for the whole run: a failed step leaves the previous revision.
         transaction_per_migration=False,
+        on_version_apply=history.recorder(tree, context.script),
+        **options,
     )
 
 
 def run_env() -> None:
-    """Body of every tree's env.py."""
+    """Body of every tree's env.py: online through the runner's connection, or offline
+    (`lint`) into the buffer the runner gives."""
     from alembic import context
 
+    env = cast(EnvironmentContext, context)
     cfg = context.config
     tree: MigrationTree = cfg.attributes["tree"]
-    connection: Connection | None = cfg.attributes.get("connection")
-    if connection is None:
-        raise MigrationError(
-            f"run migrations through the `{tree.name}` command, not the alembic command"
-        )
-    configure_context(cast(EnvironmentContext, context), tree, connection)
+    ddl_lock_timeout: float = cfg.attributes.get("ddl_lock_timeout", DDL_LOCK_TIMEOUT)
+    if context.is_offline_mode():
+        configure_context(
+            env, tree, None, dialect_name="postgresql", literal_binds=True,
+            transactional_ddl=True, output_buffer=cfg.attributes["output"],
+        )  # fmt: skip
+    else:
+        connection: Connection | None = cfg.attributes.get("connection")
+        if connection is None:
+            raise MigrationError(
+                f"run migrations through the `{tree.name}` command, not the alembic command"
+            )
+        configure_context(env, tree, connection)
     with context.begin_transaction():
+        # A step waiting for a table's lock queues every query of the live services behind
+        # it: give up after a bound, and the runner tries the whole run again.
+        context.execute(f"SET LOCAL lock_timeout = '{int(ddl_lock_timeout * 1000)}ms'")
+        history.start(env.get_context(), tree, context.script)
         context.run_migrations()
 
 
@@ -170,22 +199,49 @@ def _engine(url: str) -> AsyncEngine:
     return create_async_engine(async_url(url), poolclass=NullPool)
 
 
-async def _run_alembic(engine: AsyncEngine, tree: MigrationTree, fn: Callable[[Config], T]) -> T:
+async def _run_alembic(
+    engine: AsyncEngine,
+    tree: MigrationTree,
+    fn: Callable[[Config], T],
+    *,
+    retry_until: float | None = None,
+    ddl_lock_timeout: float = DDL_LOCK_TIMEOUT,
+) -> T:
     """Run a sync Alembic command on a fresh connection that has not begun a transaction.
 
     Alembic begins and commits its own transaction only when the connection is not
     already in one; anything executed on this connection first would autobegin one and
     Alembic's DDL would be rolled back at close. So the connection is used for nothing else.
+    With `retry_until` (a monotonic deadline), a run that gave up waiting for a table's
+    lock (rolled back whole) is tried again until then.
     """
-    async with engine.connect() as conn:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with engine.connect() as conn:
 
-        def call(sync_conn: Connection) -> T:
-            return fn(tree.config(sync_conn))
+                def call(sync_conn: Connection) -> T:
+                    return fn(tree.config(sync_conn, ddl_lock_timeout=ddl_lock_timeout))
 
-        result = await conn.run_sync(call)
-        if conn.in_transaction():
-            await conn.commit()
-        return result
+                result = await conn.run_sync(call)
+                if conn.in_transaction():
+                    await conn.commit()
+                return result
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE or retry_until is None:
+                raise
+            if time.monotonic() >= retry_until:
+                raise MigrationError(
+                    f"{tree.name}: a migration could not lock a table within "
+                    f"{ddl_lock_timeout:g}s in {attempt} attempts: a long transaction holds "
+                    f"it (see pg_locks). Nothing was applied; run `{tree.name} migrate` again."
+                ) from None
+            log.warning(
+                "%s: a migration waited %gs for a table lock (attempt %d); rolled back, retrying",
+                tree.name, ddl_lock_timeout, attempt,
+            )  # fmt: skip
+            await asyncio.sleep(min(0.5 * attempt, 5.0))
 
 
 class _AdvisoryLock:
@@ -253,28 +309,54 @@ async def current_heads(conn: AsyncConnection, tree: MigrationTree) -> tuple[str
     return await conn.run_sync(read)
 
 
-async def current(tree: MigrationTree, url: str) -> tuple[str, ...]:
+async def _on_own_connection(url: str, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     engine = _engine(url)
     try:
         async with engine.connect() as conn:
-            return await current_heads(conn, tree)
+            return await read(conn)
     finally:
         await engine.dispose()
+
+
+async def current(tree: MigrationTree, url: str) -> tuple[str, ...]:
+    return await _on_own_connection(url, lambda conn: current_heads(conn, tree))
+
+
+async def status(
+    conn: AsyncConnection,
+    tree: MigrationTree,
+    expected: tuple[str, ...] | None = None,
+    known: history.Graph | None = None,
+) -> TreeStatus:
+    """Where the database's copy of `tree` stands against `expected` (default: its heads);
+    `known` is the tree's graph (default: read from its files), given by callers that poll."""
+    expected = tree.heads() if expected is None else expected
+    found = await current_heads(conn, tree)
+    if found == expected:
+        return TreeStatus(tree.name, found, expected, Relation.AT_HEAD)
+    recorded = await history.recorded_graph(conn, tree)
+    graph = tree.graph() if known is None else known
+    relation, ahead = history.classify(found, expected, graph, recorded)
+    return TreeStatus(tree.name, found, expected, relation, ahead)
+
+
+async def tree_status(tree: MigrationTree, url: str) -> TreeStatus:
+    return await _on_own_connection(url, lambda conn: status(conn, tree))
 
 
 async def wait_for_required(
     engine: AsyncEngine, tree: MigrationTree, wait_seconds: float, poll: float = 0.5
 ) -> None:
-    """Wait, at most `wait_seconds` seconds, until every tree `tree` requires is at its head."""
+    """Wait, at most `wait_seconds` seconds, until every tree `tree` requires is at its head
+    or ahead of it (a newer release of that tree migrated it)."""
     for required in tree.requires:
-        expected = required.heads()
-        known = {rev.revision for rev in required.script().walk_revisions()}
+        expected, known = required.heads(), required.graph()
         deadline = time.monotonic() + wait_seconds
         announced = unreachable = False
         while True:
             try:
                 async with engine.connect() as conn:
-                    found = await current_heads(conn, required)
+                    found = await status(conn, required, expected, known)
             except (OSError, DBAPIError) as exc:
                 if not unreachable:
                     log.warning(
@@ -290,30 +372,34 @@ async def wait_for_required(
                     ) from None
                 await asyncio.sleep(poll)
                 continue
-            if found == expected:
+            if found.satisfied:
+                if found.relation is Relation.AHEAD:
+                    log.info("%s: %s", tree.name, found.describe())
                 break
-            unknown = [rev for rev in found if rev not in known]
-            if unknown:
-                raise MigrationError(
-                    f"{tree.name}: the database's {required.name} tree is at {', '.join(unknown)}, "
-                    f"a revision this installation of {required.name} does not know; "
-                    f"install the matching version of {required.name}"
-                )
             if not announced:
                 log.warning(
-                    "%s: waiting up to %.0fs for the %s tree to reach %s (now at %s)",
+                    "%s: waiting up to %.0fs for the %s tree to reach %s (%s)",
                     tree.name, wait_seconds, required.name, ", ".join(expected),
-                    ", ".join(found) or "nothing",
+                    found.describe(),
                 )  # fmt: skip
                 announced = True
             if time.monotonic() >= deadline:
+                hint = (
+                    f"Run `{required.name} migrate` first"
+                    if found.relation is Relation.BEHIND
+                    else f"Install the release of {required.name} that made this database"
+                )
                 raise MigrationError(
-                    f"{tree.name}: the {required.name} tree is at "
-                    f"{', '.join(found) or 'no revision (empty database)'}, expected "
-                    f"{', '.join(expected)}. Run `{required.name} migrate` first "
-                    f"(waited {wait_seconds:.0f}s; PLATFORM_WAIT_TIMEOUT sets how long)."
+                    f"{tree.name}: {found.describe()}. {hint} (waited {wait_seconds:.0f}s; "
+                    f"PLATFORM_WAIT_TIMEOUT sets how long)."
                 )
             await asyncio.sleep(poll)
+
+
+async def _ensure_schema(conn: AsyncConnection, tree: MigrationTree) -> None:
+    if tree.create_schema:
+        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tree.schema}"'))
+        await conn.commit()
 
 
 async def upgrade(
@@ -323,16 +409,31 @@ async def upgrade(
     *,
     wait_timeout: float = 60.0,
     lock_timeout: float = 300.0,
+    ddl_lock_timeout: float = DDL_LOCK_TIMEOUT,
 ) -> tuple[str, ...]:
-    """Upgrade `tree` to `revision` under its advisory lock; return the heads afterwards."""
+    """Upgrade `tree` to `revision` under its advisory lock; return the heads afterwards.
+
+    To "head" when the database is already ahead of this release (a newer one migrated
+    it), there is nothing to do: the heads are returned as they are.
+    """
     engine = _engine(url)
     try:
         await wait_for_required(engine, tree, wait_timeout)
+        deadline = time.monotonic() + lock_timeout
         async with _AdvisoryLock(engine, tree, lock_timeout) as lock_conn:
-            if tree.create_schema:
-                await lock_conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tree.schema}"'))
+            await _ensure_schema(lock_conn, tree)
+            if revision == "head":
+                found = await status(lock_conn, tree)
                 await lock_conn.commit()
-            await _run_alembic(engine, tree, lambda cfg: command.upgrade(cfg, revision))
+                if found.relation is Relation.AHEAD:
+                    log.warning("%s: %s; nothing to migrate", tree.name, found.describe())
+                    return found.found
+                if found.relation is Relation.UNRELATED:
+                    raise MigrationError(f"{tree.name}: {found.describe()}; not migrating")
+            await _run_alembic(
+                engine, tree, lambda cfg: command.upgrade(cfg, revision),
+                retry_until=deadline, ddl_lock_timeout=ddl_lock_timeout,
+            )  # fmt: skip
             async with engine.connect() as conn:
                 return await current_heads(conn, tree)
     finally:
@@ -340,12 +441,21 @@ async def upgrade(
 
 
 async def downgrade(
-    tree: MigrationTree, url: str, revision: str, *, lock_timeout: float = 300.0
+    tree: MigrationTree,
+    url: str,
+    revision: str,
+    *,
+    lock_timeout: float = 300.0,
+    ddl_lock_timeout: float = DDL_LOCK_TIMEOUT,
 ) -> tuple[str, ...]:
     engine = _engine(url)
     try:
+        deadline = time.monotonic() + lock_timeout
         async with _AdvisoryLock(engine, tree, lock_timeout):
-            await _run_alembic(engine, tree, lambda cfg: command.downgrade(cfg, revision))
+            await _run_alembic(
+                engine, tree, lambda cfg: command.downgrade(cfg, revision),
+                retry_until=deadline, ddl_lock_timeout=ddl_lock_timeout,
+            )  # fmt: skip
             async with engine.connect() as conn:
                 return await current_heads(conn, tree)
     finally:
@@ -357,9 +467,7 @@ async def stamp(tree: MigrationTree, url: str, revision: str = "head") -> tuple[
     engine = _engine(url)
     try:
         async with _AdvisoryLock(engine, tree, 300.0) as lock_conn:
-            if tree.create_schema:
-                await lock_conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tree.schema}"'))
-                await lock_conn.commit()
+            await _ensure_schema(lock_conn, tree)
             await _run_alembic(engine, tree, lambda cfg: command.stamp(cfg, revision))
             async with engine.connect() as conn:
                 return await current_heads(conn, tree)
@@ -452,13 +560,17 @@ async def check(tree: MigrationTree, url: str) -> None:
     engine = _engine(url)
     try:
         async with engine.connect() as conn:
-            found = await current_heads(conn, tree)
-            expected = tree.heads()
-            if found != expected:
+            found = await status(conn, tree)
+            if found.relation is Relation.AHEAD:
                 raise MigrationError(
-                    f"{tree.name}: the database is at {', '.join(found) or 'no revision'}, "
-                    f"the migrations' head is {', '.join(expected)}; run `{tree.name} migrate`"
+                    f"{tree.name}: the database is ahead of these migrations: "
+                    f"{found.describe()}. A newer release migrated it, so there is nothing "
+                    f"this release can compare its models with; run `{tree.name} check` "
+                    f"with the release at {', '.join(found.found)}"
                 )
+            if found.relation is not Relation.AT_HEAD:
+                hint = f"; run `{tree.name} migrate`" if found.relation is Relation.BEHIND else ""
+                raise MigrationError(f"{tree.name}: {found.describe()}{hint}")
             ops = await conn.run_sync(lambda c: diff(tree, c))
             absent = await missing_triggers(conn, tree)
             await conn.rollback()
@@ -505,13 +617,13 @@ async def revision(
     engine = _engine(url)
     try:
         async with engine.connect() as conn:
-            if tree.create_schema:
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{tree.schema}"'))
-                await conn.commit()
-            found = await current_heads(conn, tree)
-        if found != tree.heads():
+            await _ensure_schema(conn, tree)
+            found = await status(conn, tree)
+        if found.relation is not Relation.AT_HEAD:
             raise MigrationError(
-                f"{tree.name}: autogenerate needs the database at head; run `{tree.name} migrate`"
+                f"{tree.name}: autogenerate needs the database at this release's head, and "
+                f"{found.describe()}"
+                + (f"; run `{tree.name} migrate`" if found.relation is Relation.BEHIND else "")
             )
         result = await _run_alembic(
             engine,
@@ -521,10 +633,3 @@ async def revision(
         return result if isinstance(result, Script) else None
     finally:
         await engine.dispose()
-
-
-async def is_at_head(conn: AsyncConnection, tree: MigrationTree, heads: tuple[str, ...]) -> bool:
-    try:
-        return await current_heads(conn, tree) == heads
-    finally:
-        await conn.rollback()

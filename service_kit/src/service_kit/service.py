@@ -104,6 +104,7 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
             database.database_url,
             wait_timeout=database.platform_wait_timeout,
             lock_timeout=database.migration_lock_timeout,
+            ddl_lock_timeout=database.migration_ddl_lock_timeout,
         )
     )
     log.info("%s: migrations at %s", service.name, " ".join(heads))

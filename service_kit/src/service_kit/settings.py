@@ -31,6 +31,12 @@ class DatabaseSettings(BaseSettings):
     migration_lock_timeout: float = Field(
         default=300.0, ge=0, validation_alias="MIGRATION_LOCK_TIMEOUT"
     )
+    # How long one migration statement may wait for a table's lock (Postgres lock_timeout)
+    # before the run is rolled back and tried again, so that live queries never queue long
+    # behind a migration; the retries end after MIGRATION_LOCK_TIMEOUT.
+    migration_ddl_lock_timeout: float = Field(
+        default=5.0, gt=0, validation_alias="MIGRATION_DDL_LOCK_TIMEOUT"
+    )
 
 
 class ServerSettings(BaseSettings):

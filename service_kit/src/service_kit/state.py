@@ -16,10 +16,12 @@ class KitState:
 
     trees: tuple[MigrationTree, ...]
     tree_heads: dict[str, tuple[str, ...]] = field(init=False)
+    tree_graphs: dict[str, dict[str, tuple[str, ...]]] = field(init=False)
     _database: Database | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tree_heads = {tree.name: tree.heads() for tree in self.trees}
+        self.tree_graphs = {tree.name: tree.graph() for tree in self.trees}
 
     @property
     def database(self) -> Database:
