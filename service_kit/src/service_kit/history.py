@@ -52,6 +52,7 @@ class Versioned(Protocol):
 
 
 Graph = Mapping[str, tuple[str, ...]]
+# Alembic's on_version_apply: (ctx, step, heads, run_args), passed by keyword.
 VersionApplied = Callable[
     [MigrationContext, MigrationInfo, Collection[Any], Mapping[str, Any]], None
 ]
@@ -174,21 +175,20 @@ def _insert(table: Table, rows: list[tuple[str, str]], operation: str, only_if_e
     return insert(table).from_select(["revision", "down_revisions", "operation"], chosen)
 
 
-def start(ctx: MigrationContext, tree: Versioned, script: ScriptDirectory) -> None:
+def start(ctx: MigrationContext, tree: Versioned, graph: Graph) -> None:
     """Before a run's first step, in its transaction: create the history if need be, and
-    back-fill it from the database's current heads when it holds nothing yet."""
+    back-fill it from the database's current heads when it holds nothing yet. `graph` is
+    the running release's (`script_graph`)."""
     table = history_table(tree)
     ctx.execute(CreateTable(table, if_not_exists=True))
-    graph = script_graph(script)
     current = [rev for rev in ctx.get_current_heads() if rev in graph]
     if current:
         ctx.execute(_insert(table, _rows(graph, _ancestry(graph, current)), "backfill", True))
 
 
-def recorder(tree: Versioned, script: ScriptDirectory) -> Callable[..., None]:
+def recorder(tree: Versioned, graph: Graph) -> VersionApplied:
     """Alembic's `on_version_apply` callback: one row per step, in the step's transaction."""
     table = history_table(tree)
-    graph = script_graph(script)
 
     def record(
         ctx: MigrationContext,

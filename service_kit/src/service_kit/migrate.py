@@ -158,7 +158,6 @@ def configure_context(
         render_item=_render_item,
         # One transaction for the whole run: a failed step leaves the previous revision.
         transaction_per_migration=False,
-        on_version_apply=history.recorder(tree, context.script),
         **options,
     )
 
@@ -172,10 +171,13 @@ def run_env() -> None:
     cfg = context.config
     tree: MigrationTree = cfg.attributes["tree"]
     ddl_lock_timeout: float = cfg.attributes.get("ddl_lock_timeout", DDL_LOCK_TIMEOUT)
+    graph = history.script_graph(context.script)
+    record = history.recorder(tree, graph)
     if context.is_offline_mode():
         configure_context(
             env, tree, None, dialect_name="postgresql", literal_binds=True,
             transactional_ddl=True, output_buffer=cfg.attributes["output"],
+            on_version_apply=record,
         )  # fmt: skip
     else:
         connection: Connection | None = cfg.attributes.get("connection")
@@ -183,12 +185,12 @@ def run_env() -> None:
             raise MigrationError(
                 f"run migrations through the `{tree.name}` command, not the alembic command"
             )
-        configure_context(env, tree, connection)
+        configure_context(env, tree, connection, on_version_apply=record)
     with context.begin_transaction():
         # A step waiting for a table's lock queues every query of the live services behind
         # it: give up after a bound, and the runner tries the whole run again.
         context.execute(f"SET LOCAL lock_timeout = '{int(ddl_lock_timeout * 1000)}ms'")
-        history.start(env.get_context(), tree, context.script)
+        history.start(env.get_context(), tree, graph)
         context.run_migrations()
 
 
