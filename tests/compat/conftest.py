@@ -1,8 +1,7 @@
 """Fixtures that run better-auth itself beside our services.
 
-`node_project` installs the pinned better-auth (tests/compat/node, `npm ci`, skipped when
-package.json and package-lock.json have not changed since the last install). `start_stack`
-starts our web and trading services as real `serve` processes and a better-auth server
+`node_project` installs the pinned better-auth (tests/compat/node, with `tests.npm`).
+`start_stack` starts our web and trading services as real `serve` processes and a better-auth server
 (Drizzle adapter) on the test's database with the same secret, each on its own port, and
 stops them after the test.
 """
@@ -11,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,20 +29,13 @@ from tests.compat.helpers import (
     SESSION_COOKIE,
     Server,
     Stack,
-    node_missing,
 )
 from tests.conftest import TEST_SECRET
+from tests.npm import installed, node_missing
 
 # The better-auth server runs in a zone far from UTC: the rows it writes must still be UTC.
 NODE_TZ = "America/New_York"
 START_TIMEOUT = 90.0
-
-
-def _lock_digest() -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((NODE_DIR / name).read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -54,23 +43,7 @@ def node_project() -> Path:
     """tests/compat/node with its locked packages installed."""
     if node_missing():
         pytest.skip(NODE_MISSING)
-    stamp = NODE_DIR / "node_modules" / ".compat-installed"
-    wanted = _lock_digest()
-    lock_path = Path(tempfile.gettempdir()) / "better-auth-compat-npm-ci.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once must not both install
-        if not (stamp.exists() and stamp.read_text() == wanted):
-            result = subprocess.run(
-                ["npm", "ci", "--no-audit", "--no-fund"],
-                cwd=NODE_DIR,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if result.returncode != 0:
-                pytest.fail(f"npm ci failed:\n{result.stdout}\n{result.stderr}")
-            stamp.write_text(wanted)
-    return NODE_DIR
+    return installed(NODE_DIR)
 
 
 def _start(name: str, argv: list[str], env: dict[str, str], cwd: Path, logs: Path) -> Server:

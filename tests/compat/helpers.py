@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,10 +39,6 @@ SESSION_KEYS = {
 }  # fmt: skip
 
 JSON = dict[str, Any]
-
-
-def node_missing() -> bool:
-    return shutil.which("node") is None or shutil.which("npm") is None
 
 
 @dataclass

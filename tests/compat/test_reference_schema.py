@@ -39,7 +39,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.compat.helpers import BETTER_AUTH_VERSION, NODE_MISSING, node_missing
+from tests.compat.helpers import BETTER_AUTH_VERSION, NODE_MISSING
+from tests.npm import node_missing
 from tests.pg import create_database, drop_database, plain_url
 from tests.platform_db.migration_helpers import AUTH_TABLES, REFERENCE_SQL
 

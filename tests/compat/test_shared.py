@@ -21,12 +21,12 @@ from tests.compat.helpers import (
     as_ms,
     cookie_value,
     date,
-    node_missing,
     run_client,
     set_cookies,
     signed,
     step,
 )
+from tests.npm import node_missing
 
 if node_missing():
     pytest.skip(NODE_MISSING, allow_module_level=True)

@@ -686,13 +686,39 @@ async def test_development_writes_mail_to_the_log(
         assert (await sign_in(client, email, NEW_PASSWORD)).status_code == 200
 
 
-async def test_production_without_smtp_refuses_mail_routes(db_url: str) -> None:
-    async with app_client(db_url, ENVIRONMENT="production") as client:
-        email = unique_email()
-        await sign_up(client, email=email)
-        client.cookies.clear()
-        r = await client.post(f"{AUTH}/send-verification-email", json={"email": email})
-        assert_error(r, 503, "EMAIL_NOT_CONFIGURED")
-        r = await client.post(f"{AUTH}/request-password-reset", json={"email": email})
-        assert_error(r, 503, "EMAIL_NOT_CONFIGURED")
-        assert await verification_rows(db_url) == []
+async def test_production_without_smtp_answers_as_better_auth_without_mail_callbacks(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="platform_auth.mail"):
+        async with app_client(db_url, ENVIRONMENT="production", RATE_LIMIT_ENABLED=False) as client:
+            email = unique_email()
+            token, _ = await sign_up(client, email=email)
+            client.cookies.clear()
+            for _ in range(2):  # better-auth's status, code and message, every time
+                r = await client.post(f"{AUTH}/send-verification-email", json={"email": email})
+                assert_error(r, 400, "VERIFICATION_EMAIL_NOT_ENABLED")
+                assert r.json()["message"] == "Verification email isn't enabled"
+                r = await client.post(f"{AUTH}/request-password-reset", json={"email": email})
+                assert_error(r, 400, "RESET_PASSWORD_DISABLED")
+                assert r.json()["message"] == "Reset password isn't enabled"
+            # Signed in too, and before the session's own checks (as better-auth).
+            r = await client.post(
+                f"{AUTH}/send-verification-email",
+                json={"email": "someone-else@example.com"},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            assert_error(r, 400, "VERIFICATION_EMAIL_NOT_ENABLED")
+            # The body is still checked first: a malformed address is the client's error.
+            r = await client.post(f"{AUTH}/request-password-reset", json={"email": "nope"})
+            assert_error(r, 400, "INVALID_EMAIL")
+            r = await client.post(
+                f"{AUTH}/request-password-reset",
+                json={"email": email, "redirectTo": "https://evil.example/"},
+            )
+            assert_error(r, 403, "INVALID_CALLBACK_URL")
+            assert await verification_rows(db_url) == []
+    # Said once, at start-up, with the setting that turns the routes on.
+    warnings = [rec.getMessage() for rec in caplog.records if "SMTP_HOST" in rec.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "RESET_PASSWORD_DISABLED" in warnings[0]
+    assert "VERIFICATION_EMAIL_NOT_ENABLED" in warnings[0]

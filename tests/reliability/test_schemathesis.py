@@ -1,22 +1,26 @@
 """Property-based testing of each service's whole API with schemathesis, from its own
-OpenAPI document, in process (ASGI), authenticated as a real signed-up user.
+OpenAPI document, in process (ASGI), authenticated as a real signed-up user, in two
+deployments: development (mail to a real SMTP server, no rate limits) and production
+defaults (only DATABASE_URL and AUTH_SECRET set: rate limits on, no mail).
 
-Every operation (the auth routes too) is one test, on its own database, with every
-schemathesis check on: no 5xx, answers match the documented schema, only documented status
-codes, schema-violating data refused, schema-valid data accepted, `Allow` on 405, auth
-enforced where documented. The run is bounded (MAX_EXAMPLES fuzzed examples per operation, plus
-schemathesis' coverage cases) and reproducible (a fixed seed, derandomized, no example
-database).
+Every operation (the auth routes too) is one test per deployment, on its own database, with
+every schemathesis check on: no 5xx, answers match the documented schema (body, content
+type, required headers), only documented status codes, schema-violating data refused,
+schema-valid data accepted, `Allow` on 405, auth enforced where documented. The run is
+bounded (MAX_EXAMPLES fuzzed examples per operation, plus schemathesis' coverage cases) and
+reproducible (a fixed seed, derandomized, no example database).
 
 Operations that can end the caller's session (sign-out, revoke-*, change-password,
 reset-password) get a session of their own for each example, minted straight in the
 database; the session the other operations share is minted again after one of them ran.
-Mail goes to a real SMTP server (aiosmtpd, in a thread), so the mail routes run for real.
+In development mail goes to a real SMTP server (aiosmtpd, in a thread), so the mail routes
+run for real; in production they answer better-auth's 400s for mail that is off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,11 +35,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 from schemathesis.python import asgi
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 from starlette.types import Message, Receive, Scope, Send
 
+from platform_auth.settings import ServiceSettings
 from platform_dev.embedded import free_port
 from service_kit.service import ServiceDefinition
-from tests.conftest import SERVICES, auth_settings
+from tests.conftest import SERVICES, TEST_SECRET, auth_settings
 from tests.factories import PASSWORD
 from tests.reliability.conftest import mint_session
 from tests.reliability.record import record
@@ -98,6 +104,7 @@ class Counted:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.requests = self.server_errors = 0
+        self.statuses: Counter[int] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,8 +113,9 @@ class Counted:
         self.requests += 1
 
         async def counting(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 500:
-                self.server_errors += 1
+            if message["type"] == "http.response.start":
+                self.statuses[message["status"]] += 1
+                self.server_errors += message["status"] >= 500
             await send(message)
 
         await self.app(scope, receive, counting)
@@ -126,7 +134,8 @@ class Target:
 # positive_data_acceptance: a schema-valid request must not be refused (its default list:
 # 2xx, 3xx, 401, 403, 404, 409, 429, 5xx; 5xx is caught by not_a_server_error). A few answers
 # to schema-valid requests are refusals no schema can foresee, because they depend on data
-# the request does not hold; only those operations also accept that one status:
+# the request does not hold, or on the deployment; only those operations also accept that one
+# status:
 SEMANTIC_REFUSALS = {
     # a cursor the API never issued: INVALID_CURSOR
     "GET /todos": "400",
@@ -134,90 +143,150 @@ SEMANTIC_REFUSALS = {
     "POST /api/auth/sign-up/email": "422",
     # the current password is wrong: INVALID_PASSWORD
     "POST /api/auth/change-password": "400",
-    # signed in, an address that is not the user's: EMAIL_MISMATCH
+    # signed in, an address that is not the user's: EMAIL_MISMATCH (or, with mail off,
+    # VERIFICATION_EMAIL_NOT_ENABLED)
     "POST /api/auth/send-verification-email": "400",
     # a token that was never issued: INVALID_TOKEN
     "GET /api/auth/verify-email": "400",
     "GET /api/auth/reset-password/{token}": "400",
     "POST /api/auth/reset-password": "400",
 }
+# With mail off (production without SMTP_HOST): RESET_PASSWORD_DISABLED, as better-auth.
+NO_MAIL_REFUSALS = {"POST /api/auth/request-password-reset": "400"}
 POSITIVE_DEFAULT = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
-CONFIG = SchemathesisConfig.from_dict(
-    {
-        "seed": SEED,
-        "base-url": "http://testserver",
-        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "operations": [
-            {
-                "include-name": name,
-                "checks": {
-                    "positive_data_acceptance": {"expected-statuses": [*POSITIVE_DEFAULT, status]}
-                },
-            }
-            for name, status in SEMANTIC_REFUSALS.items()
-        ],
-    }
-)
-# The document is loaded at import, to make one test per operation; the app it is checked
+
+@dataclass(frozen=True)
+class Deployment:
+    """How the service is configured, and where the fuzzer sends its requests."""
+
+    name: str
+    base_url: str
+    settings: Callable[[str, int], ServiceSettings]  # (database URL, SMTP port)
+    refusals: dict[str, str]
+
+
+def development(db_url: str, smtp_port: int) -> ServiceSettings:
+    return auth_settings(
+        db_url,
+        ENVIRONMENT="development",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=smtp_port,
+        SMTP_SECURITY="none",
+        SMTP_TIMEOUT=5,
+        PASSWORD_HASH_CONCURRENCY=2,
+    )
+
+
+def production_defaults(db_url: str, smtp_port: int) -> ServiceSettings:
+    """What `web serve` runs with only the two required settings: rate limits on, no mail."""
+    return ServiceSettings.from_values({"DATABASE_URL": db_url, "AUTH_SECRET": TEST_SECRET})
+
+
+DEPLOYMENTS = {
+    "development": Deployment("development", "http://testserver", development, SEMANTIC_REFUSALS),
+    # A loopback Host: production answers only its own hosts (AUTH_URL's, or loopback).
+    "production": Deployment(
+        "production",
+        "http://localhost",
+        production_defaults,
+        SEMANTIC_REFUSALS | NO_MAIL_REFUSALS,
+    ),
+}
+
+
+def config_for(deployment: Deployment) -> SchemathesisConfig:
+    return SchemathesisConfig.from_dict(
+        {
+            "seed": SEED,
+            "base-url": deployment.base_url,
+            "generation": {
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+            },
+            "operations": [
+                {
+                    "include-name": name,
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": [*POSITIVE_DEFAULT, status]
+                        }
+                    },
+                }
+                for name, status in deployment.refusals.items()
+            ],
+        }
+    )
+
+
+# The documents are made at import, to make one test per operation; the app each is checked
 # against (and that answers every request) is made per test, on the test's own database.
 UNUSED_URL = "postgresql://unused@localhost/unused"
-DOCUMENTS = {s.name: s.create_app(auth_settings(UNUSED_URL)).openapi() for s in SERVICES}
-web_schema = schemathesis.openapi.from_dict(DOCUMENTS["web"], config=CONFIG)
-trading_schema = schemathesis.openapi.from_dict(DOCUMENTS["trading"], config=CONFIG)
+DOCUMENTS = {
+    (s.name, d.name): s.create_app(d.settings(UNUSED_URL, 25)).openapi()
+    for s in SERVICES
+    for d in DEPLOYMENTS.values()
+}
 
-TALLY: dict[str, list[Target]] = {"web": [], "trading": []}
+
+def schema_for(service: str, deployment: str) -> OpenApiSchema:
+    return schemathesis.openapi.from_dict(
+        DOCUMENTS[(service, deployment)], config=config_for(DEPLOYMENTS[deployment])
+    )
+
+
+TALLY: dict[tuple[str, str], list[Target]] = {key: [] for key in DOCUMENTS}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Iterator[None]:
-    """One line per service for docs/reliability.md once every operation ran."""
+    """One line per service and deployment for docs/reliability.md once every operation ran."""
     yield
-    for name, targets in TALLY.items():
+    for (name, deployment), targets in TALLY.items():
         if targets:
+            statuses: Counter[int] = sum((t.app.statuses for t in targets), Counter())
+            seen = ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items()))
             record(
-                f"schemathesis: {name} API",
+                f"schemathesis: {name} API, {deployment}",
                 how=(
                     f"{len(targets)} operations from OpenAPI, in process, bearer auth; "
                     f"{MAX_EXAMPLES} fuzzed examples each plus coverage cases; all checks"
                 ),
                 requests=sum(t.app.requests for t in targets),
                 errors=sum(t.app.server_errors + t.failed_examples for t in targets),
-                notes=f"seed {SEED}; errors = 5xx answers + examples failing a check",
+                notes=(
+                    f"seed {SEED}; errors = 5xx answers + examples failing a check; "
+                    f"answers by status: {seen}"
+                ),
             )
 
 
 @contextmanager
-def target(service: ServiceDefinition, db_url: str) -> Iterator[Target]:
-    """`service`'s app on `db_url`, mail to a real SMTP server, a signed-up user."""
+def target(service: ServiceDefinition, deployment: Deployment, db_url: str) -> Iterator[Target]:
+    """`service`'s app on `db_url`, configured as `deployment`, with a signed-up user."""
     sink = MailSink()
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
     try:
-        app = service.create_app(
-            auth_settings(
-                db_url,
-                SMTP_HOST="127.0.0.1",
-                SMTP_PORT=smtp.port,
-                SMTP_SECURITY="none",
-                SMTP_TIMEOUT=5,
-                PASSWORD_HASH_CONCURRENCY=2,
-            )
-        )
+        app = service.create_app(deployment.settings(db_url, smtp.port))
         counted = Counted(app)
         with start_blocking_portal() as portal:
             try:
                 with asgi.get_client(cast(asgi.ASGIApp, counted)) as client:
-                    served = client.get("/openapi.json")
-                    assert served.status_code == 200
-                    assert served.json() == DOCUMENTS[service.name], "fuzzed a stale document"
+                    base = deployment.base_url
+                    served = client.get(f"{base}/openapi.json")
+                    assert served.status_code == 200, served.text
+                    assert served.json() == DOCUMENTS[(service.name, deployment.name)], (
+                        "fuzzed a stale document"
+                    )
                     r = client.post(
-                        "/api/auth/sign-up/email",
+                        f"{base}/api/auth/sign-up/email",
                         json={"name": "Fuzz", "email": "fuzz@example.com", "password": PASSWORD},
                     )
                     assert r.status_code == 200, r.text
                 t = Target(counted, Sessions(portal, db_url, r.json()["user"]["id"]), sink)
-                TALLY[service.name].append(t)
+                TALLY[(service.name, deployment.name)].append(t)
                 yield t
             finally:
                 # The app's lifespan runs in schemathesis' event loop thread: end it (pool,
@@ -225,18 +294,6 @@ def target(service: ServiceDefinition, db_url: str) -> Iterator[Target]:
                 asgi.shutdown_lifespans()
     finally:
         smtp.stop()
-
-
-@pytest.fixture
-def web_target(full_db: str) -> Iterator[Target]:
-    with target(WEB, full_db) as t:
-        yield t
-
-
-@pytest.fixture
-def trading_target(full_db: str) -> Iterator[Target]:
-    with target(TRADING, full_db) as t:
-        yield t
 
 
 def call(case: Case[Any], target: Target) -> None:
@@ -260,16 +317,43 @@ def call(case: Case[Any], target: Target) -> None:
 SHARED_FIXTURES = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@web_schema.parametrize()
-@SHARED_FIXTURES
-def test_web(case: Case[Any], web_target: Target) -> None:
-    call(case, web_target)
+def fixture_for(service: ServiceDefinition, deployment: str) -> Any:
+    @pytest.fixture
+    def fixture(full_db: str) -> Iterator[Target]:
+        with target(service, DEPLOYMENTS[deployment], full_db) as t:
+            yield t
+
+    return fixture
 
 
-@trading_schema.parametrize()
+web_development = fixture_for(WEB, "development")
+web_production = fixture_for(WEB, "production")
+trading_development = fixture_for(TRADING, "development")
+trading_production = fixture_for(TRADING, "production")
+
+
+@schema_for("web", "development").parametrize()
 @SHARED_FIXTURES
-def test_trading(case: Case[Any], trading_target: Target) -> None:
-    call(case, trading_target)
+def test_web_development(case: Case[Any], web_development: Target) -> None:
+    call(case, web_development)
+
+
+@schema_for("web", "production").parametrize()
+@SHARED_FIXTURES
+def test_web_production(case: Case[Any], web_production: Target) -> None:
+    call(case, web_production)
+
+
+@schema_for("trading", "development").parametrize()
+@SHARED_FIXTURES
+def test_trading_development(case: Case[Any], trading_development: Target) -> None:
+    call(case, trading_development)
+
+
+@schema_for("trading", "production").parametrize()
+@SHARED_FIXTURES
+def test_trading_production(case: Case[Any], trading_production: Target) -> None:
+    call(case, trading_production)
 
 
 # Every operation each service documents. A new route must be added here, and to
@@ -299,12 +383,12 @@ OPERATIONS = {
 }
 
 
-@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
-def test_the_fuzzed_document_has_every_operation(service: ServiceDefinition) -> None:
+@pytest.mark.parametrize("key", sorted(DOCUMENTS), ids="-".join)
+def test_the_fuzzed_document_has_every_operation(key: tuple[str, str]) -> None:
     documented = {
         f"{method.upper()} {path}"
-        for path, item in DOCUMENTS[service.name]["paths"].items()
+        for path, item in DOCUMENTS[key]["paths"].items()
         for method in item
     }
     assert documented == OPERATIONS
-    assert SESSION_ENDING | set(SEMANTIC_REFUSALS) <= OPERATIONS
+    assert SESSION_ENDING | set(SEMANTIC_REFUSALS) | set(NO_MAIL_REFUSALS) <= OPERATIONS

@@ -16,7 +16,8 @@ from platform_auth.sessions import AuthContext, validate_session
 from platform_auth.settings import AuthSettings
 from platform_auth.state import auth_state
 from platform_db.models import User
-from service_kit.errors import Unauthorized
+from service_kit.errors import ServiceUnavailable, Unauthorized
+from service_kit.openapi import raises
 from service_kit.state import kit_state
 from service_kit.types import utcnow
 
@@ -55,6 +56,7 @@ def session_token(
     return None
 
 
+@raises(ServiceUnavailable)  # a cache miss reads the session from the database
 async def authenticate(
     request: Request, response: Response, bearer: HTTPAuthorizationCredentials | None
 ) -> AuthContext | None:

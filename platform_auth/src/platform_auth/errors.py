@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service_kit.errors import AppError, Unauthorized
+from service_kit.errors import AppError, HeaderDoc, Unauthorized
 
 
 class UserAlreadyExists(AppError):
@@ -95,10 +95,18 @@ class EmailMismatch(AppError):
     message = "Email mismatch"
 
 
-class EmailNotConfigured(AppError):
-    status_code = 503
-    code = "EMAIL_NOT_CONFIGURED"
-    message = "Sending mail is not configured on this server (set SMTP_HOST)"
+# What better-auth answers when its mail callbacks are missing (sendResetPassword,
+# sendVerificationEmail); here: SMTP_HOST is not set outside development.
+class ResetPasswordDisabled(AppError):
+    status_code = 400
+    code = "RESET_PASSWORD_DISABLED"
+    message = "Reset password isn't enabled"
+
+
+class VerificationEmailNotEnabled(AppError):
+    status_code = 400
+    code = "VERIFICATION_EMAIL_NOT_ENABLED"
+    message = "Verification email isn't enabled"
 
 
 class InvalidCallbackUrl(AppError):
@@ -111,13 +119,16 @@ class TooManyRequests(AppError):
     status_code = 429
     code = "TOO_MANY_REQUESTS"
     message = "Too many requests. Please try again later."
+    documented_headers = {
+        "Retry-After": HeaderDoc("Seconds until the window ends", "integer"),
+        "X-Retry-After": HeaderDoc("The same, under better-auth's name", "integer"),
+    }
 
 
 __all__ = [
     "CredentialAccountNotFound",
     "EmailAlreadyVerified",
     "EmailMismatch",
-    "EmailNotConfigured",
     "EmailNotVerified",
     "FailedToGetSession",
     "InvalidCallbackUrl",
@@ -129,8 +140,10 @@ __all__ = [
     "MissingOrigin",
     "PasswordTooLong",
     "PasswordTooShort",
+    "ResetPasswordDisabled",
     "TokenExpired",
     "TooManyRequests",
     "Unauthorized",
     "UserAlreadyExists",
+    "VerificationEmailNotEnabled",
 ]

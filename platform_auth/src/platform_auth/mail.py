@@ -1,8 +1,9 @@
 """Mail delivery for verification and password-reset links.
 
 SMTP when `SMTP_HOST` is set. Without it, development writes each mail to the log (so a
-developer can click the link; the only place a token is ever logged); elsewhere mail routes
-answer 503 EMAIL_NOT_CONFIGURED instead of dropping the message.
+developer can click the link; the only place a token is ever logged); elsewhere the mail
+routes answer as better-auth does without its mail callbacks (400 RESET_PASSWORD_DISABLED,
+400 VERIFICATION_EMAIL_NOT_ENABLED) instead of dropping the message.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def create_mailer(settings: MailSettings, environment: str) -> Mailer:
         return SmtpMailer(settings)
     if environment == "development":
         return LogMailer()
-    log.warning("SMTP_HOST is not set: verification and password-reset mail is disabled")
+    log.warning(
+        "SMTP_HOST is not set: mail is off, so request-password-reset answers 400 "
+        "RESET_PASSWORD_DISABLED and send-verification-email 400 VERIFICATION_EMAIL_NOT_ENABLED; "
+        "set SMTP_HOST (and AUTH_URL) to enable them"
+    )
     return NoMailer()
 
 

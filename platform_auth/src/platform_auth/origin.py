@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from platform_auth.cookies import read_cookies
 from platform_auth.errors import InvalidOrigin, MissingOrigin
-from service_kit.errors import send_error
+from service_kit.errors import AppError, send_error
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -29,6 +29,18 @@ class TrustedOriginMiddleware:
         self.app = app
         self.cookie_names = frozenset(cookie_names)
         self.trusted = frozenset(o.lower().rstrip("/") for o in trusted_origins)
+
+    @classmethod
+    def openapi_errors(
+        cls,
+        method: str,
+        path: str,
+        *,
+        cookie_names: Iterable[str],
+        trusted_origins: Iterable[str],
+    ) -> Iterable[type[AppError]]:
+        # Only when the session cookie authenticates the request; a bearer never meets it.
+        return [] if method in SAFE_METHODS else [InvalidOrigin, MissingOrigin]
 
     def _has_session_cookie(self, scope: Scope) -> bool:
         jar = read_cookies(scope["headers"])

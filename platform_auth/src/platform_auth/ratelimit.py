@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from platform_auth.errors import TooManyRequests
 from platform_auth.settings import RateLimitSettings, parse_rate
-from service_kit.errors import send_error
+from service_kit.errors import AppError, send_error
 
 AUTH_PREFIX = "/api/auth"
 MAX_KEYS = 100_000  # memory bound: beyond it, the oldest windows are forgotten
@@ -80,13 +80,21 @@ class RateLimitMiddleware:
         self.rules = rules
         self.counter = FixedWindowCounter()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(AUTH_PREFIX + "/"):
-            await self.app(scope, receive, send)
-            return
+    @staticmethod
+    def rule_for(path: str, rules: Iterable[Rule]) -> Rule | None:
+        if not path.startswith(AUTH_PREFIX + "/"):
+            return None
         sub = path[len(AUTH_PREFIX) :]
-        rule = next((r for r in self.rules if r.matches(sub)), None)
+        return next((r for r in rules if r.matches(sub)), None)
+
+    @classmethod
+    def openapi_errors(
+        cls, method: str, path: str, *, rules: list[Rule]
+    ) -> Iterable[type[AppError]]:
+        return [TooManyRequests] if cls.rule_for(path, rules) is not None else []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rule = self.rule_for(scope.get("path", ""), self.rules) if scope["type"] == "http" else None
         if rule is None:
             await self.app(scope, receive, send)
             return

@@ -30,11 +30,7 @@ from platform_auth.email_routes import send_verification_mail
 from platform_auth.errors import (
     EmailNotVerified,
     FailedToGetSession,
-    InvalidCallbackUrl,
-    InvalidEmail,
     InvalidEmailOrPassword,
-    PasswordTooLong,
-    PasswordTooShort,
     UserAlreadyExists,
 )
 from platform_auth.http import (
@@ -58,7 +54,7 @@ from platform_auth.session_routes import router as session_router
 from platform_auth.sessions import SessionPolicy, create_session, revoke_session
 from platform_auth.tokens import generate_id
 from platform_db.models import Account, User
-from service_kit.errors import error_response, responses
+from service_kit.errors import error_response
 from service_kit.transaction import WriteDb
 from service_kit.types import utcnow
 
@@ -77,9 +73,6 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 @router.post(
     "/sign-up/email",
     response_model=SignUpResult,
-    responses=responses(
-        InvalidEmail, PasswordTooShort, PasswordTooLong, UserAlreadyExists, InvalidCallbackUrl
-    ),
 )
 async def sign_up_email(
     body: SignUpEmail,
@@ -126,7 +119,6 @@ async def sign_up_email(
 @router.post(
     "/sign-in/email",
     response_model=SignInResult,
-    responses=responses(InvalidEmail, InvalidEmailOrPassword, EmailNotVerified, InvalidCallbackUrl),
 )
 async def sign_in_email(
     body: SignInEmail,
@@ -187,7 +179,6 @@ OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
 @router.post(
     "/sign-out",
     response_model=Success,
-    responses=responses(FailedToGetSession),
     openapi_extra=OPTIONAL_AUTH,
 )
 async def sign_out(

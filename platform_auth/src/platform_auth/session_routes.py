@@ -10,8 +10,6 @@ from platform_auth.errors import (
     CredentialAccountNotFound,
     InvalidPassword,
     PasswordTooLong,
-    PasswordTooShort,
-    Unauthorized,
 )
 from platform_auth.http import (
     check_password_length,
@@ -34,10 +32,9 @@ from platform_auth.sessions import (
     revoke_user_session,
     revoke_user_sessions,
 )
-from service_kit.errors import responses
 from service_kit.transaction import ReadDb, WriteDb
 
-router = APIRouter(responses=responses(Unauthorized))
+router = APIRouter()
 
 
 @router.get("/list-sessions", response_model=list[SessionRead])
@@ -82,9 +79,6 @@ async def revoke_other_sessions(ctx: CurrentSession, db: WriteDb, cache: Cache) 
 @router.post(
     "/change-password",
     response_model=ChangePasswordResult,
-    responses=responses(
-        PasswordTooShort, PasswordTooLong, InvalidPassword, CredentialAccountNotFound
-    ),
 )
 async def change_password(
     body: ChangePassword,

@@ -134,7 +134,8 @@ class MailSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     # Mail: SMTP when SMTP_HOST is set; otherwise written to the log in development, and
-    # refused elsewhere (503 EMAIL_NOT_CONFIGURED) rather than silently dropped.
+    # refused elsewhere (400 RESET_PASSWORD_DISABLED / VERIFICATION_EMAIL_NOT_ENABLED, as
+    # better-auth without its mail callbacks) rather than silently dropped.
     smtp_host: str | None = Field(default=None, validation_alias="SMTP_HOST")
     smtp_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="SMTP_PORT")
     smtp_username: str | None = Field(default=None, validation_alias="SMTP_USERNAME")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
@@ -20,49 +19,11 @@ from service_kit.middleware import (
     SecurityHeadersMiddleware,
 )
 from service_kit.migrate import MigrationTree
+from service_kit.openapi import install as install_openapi
 from service_kit.settings import Settings
 from service_kit.state import KitState
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
-def _add_response(operation: dict[str, Any], status: str, code: str) -> None:
-    """Document that `operation` may answer `status` with ErrorBody `code`."""
-    response = operation.setdefault("responses", {}).setdefault(
-        status,
-        {
-            "description": "",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-        },
-    )
-    codes = [c for c in response.get("description", "").split(", ") if c]
-    if code not in codes:
-        response["description"] = ", ".join([*codes, code])
-
-
-def _document_error_shape(app: FastAPI) -> None:
-    """FastAPI documents every 422 as its own `{"detail": [...]}`; our handler answers ErrorBody."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
-                if "requestBody" in operation:  # any body may be malformed or too large
-                    _add_response(operation, "400", "INVALID_JSON")
-                    _add_response(operation, "413", "PAYLOAD_TOO_LARGE")
-                response = operation.get("responses", {}).get("422", {})
-                media = response.get("content", {}).get("application/json", {})
-                if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
-                    media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
-                    response["description"] = "VALIDATION_ERROR"
-        for unused in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(unused, None)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -124,5 +85,5 @@ def create_app(
     for router in routers:
         app.include_router(router)
     app.include_router(health_router)
-    _document_error_shape(app)
+    install_openapi(app)  # every route's errors, from the code it runs
     return app

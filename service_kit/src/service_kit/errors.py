@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,12 +28,31 @@ class ErrorBody(BaseModel):
     details: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class HeaderDoc:
+    """A header an error's answer always carries, as OpenAPI documents it."""
+
+    description: str
+    type: Literal["string", "integer"] = "string"
+
+    def openapi(self, *, required: bool) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "required": required,
+            "schema": {"type": self.type},
+        }
+
+
 class AppError(Exception):
-    """A domain error: subclasses fix the status code, the stable code and the message."""
+    """A domain error: subclasses fix the status code, the stable code and the message.
+
+    `documented_headers` are the headers every answer with this error carries.
+    """
 
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "BAD_REQUEST"
     message: ClassVar[str] = "Bad request"
+    documented_headers: ClassVar[Mapping[str, HeaderDoc]] = {}
 
     def __init__(self, message: str | None = None, *, headers: Mapping[str, str] | None = None):
         self.detail = message or self.message
@@ -50,6 +70,7 @@ class Unauthorized(AppError):
     status_code = 401
     code = "UNAUTHORIZED"
     message = "Unauthorized"
+    documented_headers = {"WWW-Authenticate": HeaderDoc("The scheme to authenticate with")}
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="api"'})
@@ -59,6 +80,21 @@ class ServiceUnavailable(AppError):
     status_code = 503
     code = "SERVICE_UNAVAILABLE"
     message = "The database is unavailable; try again shortly"
+    documented_headers = {"Retry-After": HeaderDoc("Seconds to wait", "integer")}
+
+
+class InvalidJson(AppError):
+    status_code = 400
+    code = "INVALID_JSON"
+    message = "The request body is not valid JSON"
+
+
+class ValidationFailed(AppError):
+    """Rendered by the request-validation handler, with `details` (never the input)."""
+
+    status_code = 422
+    code = "VALIDATION_ERROR"
+    message = "The request does not match the documented schema"
 
 
 def error_response(
@@ -73,16 +109,6 @@ def error_response(
     if details is not None:
         body["details"] = details
     return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
-
-
-def responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for routes that raise these errors."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for err in errors:
-        entry = out.setdefault(err.status_code, {"model": ErrorBody, "description": ""})
-        codes = [c for c in entry["description"].split(", ") if c]
-        entry["description"] = ", ".join([*codes, err.code])
-    return out
 
 
 async def send_error(
@@ -126,7 +152,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return error_response(400, "INVALID_JSON", "The request body is not valid JSON")
+        return error_response(InvalidJson.status_code, InvalidJson.code, InvalidJson.message)
     # Never echo the input back: it may hold a password.
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
@@ -135,7 +161,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = details[0] if details else {"loc": [], "msg": "invalid"}
     where = ".".join(first["loc"][1:] or first["loc"])
     message = f"{where}: {first['msg']}" if where else str(first["msg"])
-    return error_response(422, "VALIDATION_ERROR", message, details=details)
+    return error_response(
+        ValidationFailed.status_code, ValidationFailed.code, message, details=details
+    )
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -156,7 +184,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI's answer to a JSON body that is not UTF-8: malformed JSON like any other.
-        return error_response(400, "INVALID_JSON", "The request body is not valid JSON")
+        return error_response(InvalidJson.status_code, InvalidJson.code, InvalidJson.message)
     code = _STATUS_CODES.get(exc.status_code, "HTTP_ERROR")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:

@@ -3,6 +3,8 @@ headers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +43,12 @@ class AllowedHostsMiddleware:
         self.patterns = frozenset(p.lower() for p in patterns)
         self.known: set[bytes] = set()  # Host values already found allowed
 
+    @classmethod
+    def openapi_errors(
+        cls, method: str, path: str, *, patterns: frozenset[str], exempt_paths: frozenset[str]
+    ) -> Iterable[type[AppError]]:
+        return [] if "*" in patterns or path in exempt_paths else [InvalidHost]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.any or scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -68,6 +76,10 @@ class BodySizeLimitMiddleware:
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+
+    @classmethod
+    def openapi_errors(cls, method: str, path: str, *, max_bytes: int) -> Iterable[type[AppError]]:
+        return [PayloadTooLarge]  # by Content-Length, whatever the method
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -130,6 +130,10 @@ class OwnedTable:
         row = (await db.execute(stmt, dict(params))).first()
         return None if row is None else self.as_dict(row)
 
+    async def created(self, db: AsyncSession, values: Mapping[str, Any]) -> dict[str, Any]:
+        """INSERT one row of `values`; the row as stored (defaults filled in)."""
+        return self.as_dict((await db.execute(self.insert, dict(values))).one())
+
     async def rows(
         self, db: AsyncSession, stmt: Executable, params: Mapping[str, Any]
     ) -> Sequence[dict[str, Any]]:

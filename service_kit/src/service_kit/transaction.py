@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service_kit.db import Database, ReadSession
+from service_kit.errors import InvalidInput, ServiceUnavailable
+from service_kit.openapi import raises
 from service_kit.state import kit_state
 
 
@@ -18,12 +20,16 @@ def database(request: Request) -> Database:
     return kit_state(request.app).database
 
 
+# The error handlers answer a database out of reach with 503 and a value Postgres refuses
+# (SQLSTATE class 22) with 400: every route with a session can answer either.
+@raises(ServiceUnavailable, InvalidInput)
 async def _read_session(request: Request) -> AsyncIterator[ReadSession]:
     # Autocommit: every statement is already committed; there is nothing to end.
     async with database(request).read_sessionmaker() as session:
         yield session
 
 
+@raises(ServiceUnavailable, InvalidInput)
 async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit when the handler returns, roll back if it raises."""
     async with database(request).write_sessionmaker() as session:

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from platform_auth.deps import CurrentUser
-from service_kit.errors import ErrorBody, NotFound, Unauthorized, responses
+from service_kit.errors import NotFound
 from service_kit.ids import generate_id
-from service_kit.owned import InvalidCursor, OwnedTable, encode_cursor
+from service_kit.owned import OwnedTable, encode_cursor
 from service_kit.transaction import ReadDb, WriteDb
 from service_kit.types import utcnow
 from web.models import Todo
@@ -22,13 +22,13 @@ from web.schemas import TodoCreate, TodoPage, TodoRead, TodoUpdate
 
 PREFIX = "/todos"
 PAGE_DEFAULT, PAGE_MAX = 20, 100
+LOCATION = {"description": "URL of the new todo", "schema": {"type": "string", "format": "uri"}}
 
 todos = OwnedTable(Todo.__table__)  # type: ignore[attr-defined]
 
 router = APIRouter(
     prefix=PREFIX,
     tags=["todos"],
-    responses={401: {"model": ErrorBody, "description": Unauthorized.code}},
 )
 
 
@@ -54,7 +54,7 @@ def _found(row: dict[str, Any] | None) -> TodoRead:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TodoRead,
-    responses={201: {"headers": {"Location": {"description": "URL of the new todo"}}}},
+    responses={201: {"headers": {"Location": LOCATION}}},
 )
 async def create_todo(
     body: TodoCreate, request: Request, response: Response, db: WriteDb, user: CurrentUser
@@ -62,13 +62,13 @@ async def create_todo(
     """Create a todo for the signed-in user."""
     now = utcnow()
     values = {"id": generate_id(), "user_id": user.id, "created_at": now, "updated_at": now}
-    todo = _found(await todos.one(db, todos.insert, values | body.model_dump()))
+    todo = TodoRead.model_validate(await todos.created(db, values | body.model_dump()))
     # Built by hand: url_for walks every route of the app on each call.
     response.headers["Location"] = f"{str(request.base_url).rstrip('/')}{PREFIX}/{todo.id}"
     return todo
 
 
-@router.get("", response_model=TodoPage, responses=responses(InvalidCursor))
+@router.get("", response_model=TodoPage)
 async def list_todos(
     db: ReadDb,
     user: CurrentUser,
@@ -87,13 +87,13 @@ async def list_todos(
     return TodoPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{todo_id}", response_model=TodoRead, responses=responses(TodoNotFound))
+@router.get("/{todo_id}", response_model=TodoRead)
 async def get_todo(todo_id: str, db: ReadDb, user: CurrentUser) -> TodoRead:
     """One of the signed-in user's todos."""
     return _found(await todos.one(db, todos.get, _key(user.id, todo_id)))
 
 
-@router.patch("/{todo_id}", response_model=TodoRead, responses=responses(TodoNotFound))
+@router.patch("/{todo_id}", response_model=TodoRead)
 async def update_todo(todo_id: str, body: TodoUpdate, db: WriteDb, user: CurrentUser) -> TodoRead:
     """Change some fields of one of the signed-in user's todos."""
     key = _key(user.id, todo_id)
@@ -109,7 +109,6 @@ async def update_todo(todo_id: str, body: TodoUpdate, db: WriteDb, user: Current
     "/{todo_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=responses(TodoNotFound),
 )
 async def delete_todo(todo_id: str, db: WriteDb, user: CurrentUser) -> Response:
     """Delete one of the signed-in user's todos."""
