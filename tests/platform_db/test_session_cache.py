@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 
 from platform_auth.app import create_app
-from platform_auth.cache import SessionCache, SessionListener
+from platform_auth.cache import LISTENER_NAME, SessionCache, SessionListener
 from platform_auth.sessions import find_session
 from platform_auth.state import auth_state
 from platform_auth.tokens import generate_id, generate_token
@@ -70,7 +70,8 @@ async def listener_pids(db_url: str) -> list[int]:
     rows = await sql(
         db_url,
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN %' OR query = 'SELECT 1')",
+        " AND pid <> pg_backend_pid() AND application_name = $1",
+        LISTENER_NAME,
     )
     return [int(r["pid"]) for r in rows]
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
 from starlette.middleware import Middleware
 
 from platform_auth.cache import SessionCache, SessionListener
@@ -23,6 +24,7 @@ from service_kit.app import create_app as create_kit_app
 from service_kit.db import asyncpg_dsn
 from service_kit.migrate import MigrationTree
 from service_kit.service import ServiceDefinition
+from service_kit.state import kit_state
 
 
 def create_app(
@@ -51,8 +53,17 @@ def create_app(
             cache=cache,
         )
         if auth.session_cache_size > 0:
-            dsn, connect_kwargs = asyncpg_dsn(settings.database.database_url)
-            state.listener = SessionListener(dsn, cache, connect_kwargs=connect_kwargs)
+            # LISTEN needs a session of its own: the direct URL, never a transaction pooler.
+            dsn, connect_kwargs = asyncpg_dsn(settings.database.direct_url)
+            database = kit_state(app).database
+
+            async def notify_through_pool(channel: str) -> None:
+                async with database.write_sessionmaker() as db, db.begin():
+                    await db.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
+
+            state.listener = SessionListener(
+                dsn, cache, probe=notify_through_pool, connect_kwargs=connect_kwargs
+            )
             state.listener.start()
         app.state.auth = state
         try:

@@ -6,6 +6,11 @@ notification evicts the matching entries. The cache only serves while that conne
 up: when it drops, the cache is emptied and bypassed (every request goes to the database)
 until the listener is back, because notifications sent meanwhile are lost.
 
+The listener proves that it hears before the cache serves: at start and after each reconnect
+it sends itself a NOTIFY through the normal pool (DATABASE_URL) and waits for it on its own
+connection (DATABASE_DIRECT_URL). A LISTEN misrouted through a transaction pooler hears
+nothing, so the cache then stays off, and the log says why and what to set.
+
 A request that read a session from the database only caches it if no notification arrived
 since it started reading (`generation`), so a sign-out racing a read cannot leave a revoked
 session cached. Expiry is checked on every hit, and entries also age out after `ttl`.
@@ -18,13 +23,14 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from platform_db.models import Session, User
+from service_kit.db import PROBE_TIMEOUT, hears_notify
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +143,35 @@ class SessionCache:
         self.clear()
 
 
+class DeafListener(Exception):
+    """The listening connection did not hear its own NOTIFY sent through the pool."""
+
+
+UNPROVEN_RETRY = 30.0  # seconds between two proofs that failed
+LISTENER_NAME = "session-cache-listener"  # its application_name, for pg_stat_activity
+
+
 class SessionListener:
-    """Keeps one connection LISTENing for session and user changes; reconnects when it drops."""
+    """Keeps one connection LISTENing for session and user changes; reconnects when it drops.
+
+    `probe(channel)` sends a NOTIFY on `channel` the way the service's own writes go (its
+    pool); the cache serves only once this connection has heard one.
+    """
 
     def __init__(
         self,
         dsn: str,
         cache: SessionCache,
         *,
+        probe: Callable[[str], Awaitable[object]],
         connect_kwargs: dict[str, Any] | None = None,
         retry_interval: float = 1.0,
         keepalive: float = 10.0,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
-        self.dsn, self.cache = dsn, cache
+        self.dsn, self.cache, self.probe = dsn, cache, probe
+        self.probe_timeout = probe_timeout
+        self._deaf_logged = False
         self.connect_kwargs = connect_kwargs or {}
         self.retry_interval, self.keepalive = retry_interval, keepalive
         self._task: asyncio.Task[None] | None = None
@@ -192,9 +214,12 @@ class SessionListener:
         conn.add_termination_listener(on_lost)
         await conn.add_listener(SESSION_CHANNEL, self._on_notify)
         await conn.add_listener(USER_CHANNEL, self._on_notify)
+        if not await hears_notify(conn, self.probe, self.probe_timeout):
+            raise DeafListener()
         self.cache.enable()
         self.connected.set()
-        log.info("session cache on: listening for session changes")
+        self._deaf_logged = False
+        log.info("session cache on: listening for session changes (heard its own NOTIFY)")
         while not lost.is_set():
             try:
                 await asyncio.wait_for(lost.wait(), timeout=self.keepalive)
@@ -207,7 +232,15 @@ class SessionListener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=10, **self.connect_kwargs)
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=10,
+                    server_settings={"application_name": LISTENER_NAME},
+                    # A few statements a minute: none is worth a named, cached statement,
+                    # which a misrouted DATABASE_DIRECT_URL would leave on a pooler's server.
+                    statement_cache_size=0,
+                    **self.connect_kwargs,
+                )
                 missing = await self._missing_triggers(conn)
                 if missing:
                     # Without the triggers nobody would evict: never serve from the cache.
@@ -222,6 +255,23 @@ class SessionListener:
                     continue
                 await self._listen(conn)
                 raise ConnectionError("the listening connection was closed")
+            except DeafListener:
+                self.cache.disable()
+                self.connected.clear()
+                if not self._deaf_logged:
+                    log.error(
+                        "session cache off: a NOTIFY sent through DATABASE_URL did not reach "
+                        "this process's LISTEN within %gs, so revocations would not be heard. "
+                        "If DATABASE_URL is a transaction pooler (such as PgBouncer in "
+                        "transaction mode), set DATABASE_DIRECT_URL to the database's direct "
+                        "URL (LISTEN needs a session); retrying every %gs",
+                        self.probe_timeout,
+                        UNPROVEN_RETRY,
+                    )
+                    self._deaf_logged = True
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+                await asyncio.sleep(max(self.retry_interval, UNPROVEN_RETRY))
             except asyncio.CancelledError:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()

@@ -3,6 +3,7 @@ middleware, typed state. What a service adds (auth, its routes) comes in as argu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware import Middleware
 
-from service_kit.db import Database, create_engine
+from service_kit.db import Database, create_engine, keeps_session
 from service_kit.errors import install_error_handlers
 from service_kit.health import router as health_router
 from service_kit.middleware import (
@@ -20,10 +21,31 @@ from service_kit.middleware import (
 )
 from service_kit.migrate import MigrationTree
 from service_kit.openapi import install as install_openapi
-from service_kit.settings import Settings
+from service_kit.settings import DatabaseSettings, Settings
 from service_kit.state import KitState
 
+log = logging.getLogger(__name__)
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+async def _pooled(settings: DatabaseSettings) -> bool:
+    """Whether DATABASE_URL is transaction-pooled: said by DATABASE_DIRECT_URL, or found out.
+
+    Without DATABASE_DIRECT_URL, DATABASE_URL is taken to be direct once it is seen to keep a
+    session; a URL that does not (the pooled URL alone) still runs safely, pooled.
+    """
+    if settings.database_direct_url:
+        return settings.pooled
+    if await keeps_session(settings.database_url) is not False:
+        return False  # direct, or unreachable for now (then as configured: direct)
+    log.warning(
+        "DATABASE_URL does not keep a session between transactions: it is a transaction "
+        "pooler (such as PgBouncer in transaction mode). Its statements run without "
+        "prepared-statement caching; set DATABASE_DIRECT_URL to the database's direct URL "
+        "for migrations and the session cache"
+    )
+    return True
 
 
 def create_app(
@@ -49,7 +71,8 @@ def create_app(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        state.database = Database(create_engine(settings.database))
+        pooled = await _pooled(settings.database)
+        state.database = Database(create_engine(settings.database, pooled=pooled), pooled=pooled)
         try:
             async with lifespan(app) if lifespan else nullcontext():
                 yield

@@ -38,6 +38,7 @@ def _settings() -> DatabaseSettings:
         ) from None
     try:
         async_url(settings.database_url)
+        async_url(settings.direct_url)
     except ValueError as exc:
         raise MigrationError(str(exc)) from None
     return settings
@@ -85,7 +86,7 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
         print(f"wrote {script.path if script else 'nothing'}")
         return 0
     settings = _settings()
-    url = settings.database_url
+    url = settings.direct_url  # migrations hold a session advisory lock: never through a pooler
     if args.command == "migrate":
         heads = asyncio.run(
             migrate.upgrade(

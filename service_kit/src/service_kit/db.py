@@ -1,11 +1,25 @@
-"""The engine, its URL forms, and the read and the write session factories of a process."""
+"""The engine, its URL forms, and the read and the write session factories of a process.
+
+Behind a transaction pooler (PgBouncer in transaction mode, a managed Postgres's pooled URL)
+consecutive statements of one client connection may run on different server connections,
+and no session state survives a transaction. The engine then runs "pooled": no prepared
+statement is cached or named (each one is the unnamed statement, parsed and run inside one
+transaction, so it can neither clash with another client's nor leak on a server), and reads
+run in a transaction too (outside one, the parse and the execution of a statement could go
+to two server connections). A direct URL keeps asyncpg's statement caches.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -53,7 +67,22 @@ if not any(isinstance(f, _NoRowsInLogs) for f in _ENGINE_LOGGER.filters):
     _ENGINE_LOGGER.addFilter(_NoRowsInLogs())
 
 
-def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
+log = logging.getLogger(__name__)
+
+# Pooled mode: asyncpg's own statement cache off, SQLAlchemy's prepared-statement cache off,
+# and every statement SQLAlchemy prepares is the unnamed one.
+POOLED_CONNECT_ARGS: dict[str, object] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: "",
+}
+
+
+def create_engine(
+    settings: DatabaseSettings, *, pooled: bool | None = None, **kwargs: object
+) -> AsyncEngine:
+    """The process's engine on DATABASE_URL; `pooled` (default: `settings.pooled`) for a
+    transaction-pooled URL."""
     options: dict[str, object] = {
         # Bound parameters are tokens, hashes and addresses: keep them out of SQL logs and of
         # the text of database errors (which end up logged).
@@ -65,8 +94,65 @@ def create_engine(settings: DatabaseSettings, **kwargs: object) -> AsyncEngine:
         # so the next requests reconnect. Recycling bounds a connection's age anyway.
         "pool_recycle": 1800,
     }
+    if settings.pooled if pooled is None else pooled:
+        options["connect_args"] = dict(POOLED_CONNECT_ARGS)
     options.update(kwargs)
     return create_async_engine(async_url(settings.database_url), **options)
+
+
+PROBE_TIMEOUT = 2.0  # seconds a NOTIFY may take to come back on a direct connection
+
+
+async def hears_notify(
+    listening: asyncpg.Connection,
+    notify: Callable[[str], Awaitable[object]],
+    wait: float = PROBE_TIMEOUT,
+) -> bool:
+    """Whether a NOTIFY that `notify(channel)` sends (on another connection) reaches a LISTEN
+    on `listening`: False when `listening` goes through a transaction pooler, whose server
+    connection holding the LISTEN is no longer this client's once the statement is done."""
+    channel = f"kit_probe_{secrets.token_hex(8)}"
+    heard = asyncio.Event()
+
+    def on_notify(*_: object) -> None:
+        heard.set()
+
+    await listening.add_listener(channel, on_notify)
+    try:
+        await notify(channel)
+        await asyncio.wait_for(heard.wait(), wait)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await listening.remove_listener(channel, on_notify)
+
+
+async def keeps_session(url: str, wait: float = PROBE_TIMEOUT) -> bool | None:
+    """Whether `url` keeps one server session per client connection (a NOTIFY from a second
+    connection reaches a LISTEN on the first); None when it cannot tell (unreachable)."""
+    dsn, kwargs = asyncpg_dsn(url)
+    # No statement cache: through a transaction pooler a cached statement would clash.
+    kwargs.update(timeout=wait, statement_cache_size=0)
+    try:
+        listening = await asyncpg.connect(dsn, **kwargs)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    try:
+
+        async def notify(channel: str) -> None:
+            sender = await asyncpg.connect(dsn, **kwargs)
+            try:
+                await sender.execute("SELECT pg_notify($1, '')", channel)
+            finally:
+                await sender.close()
+
+        return await hears_notify(listening, notify, wait)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    finally:
+        listening.terminate()
 
 
 class ReadSession(AsyncSession):
@@ -85,14 +171,15 @@ class ReadSession(AsyncSession):
 class Database:
     """The engine and the two session factories of one process."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: AsyncEngine, *, pooled: bool = False) -> None:
+        self.engine, self.pooled = engine, pooled
         self.write_sessionmaker = async_sessionmaker(
             engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
         )
-        # Reads run each statement on its own: no BEGIN and COMMIT round trips.
+        # Reads run each statement on its own: no BEGIN and COMMIT round trips (except behind
+        # a transaction pooler, where a statement outside a transaction is not safe).
         self.read_sessionmaker = async_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT"),
+            engine if pooled else engine.execution_options(isolation_level="AUTOCOMMIT"),
             class_=ReadSession,
             expire_on_commit=False,
             autoflush=False,

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from service_kit import history
-from service_kit.db import async_url
+from service_kit.db import async_url, hears_notify
 from service_kit.history import Relation, TreeStatus
 from service_kit.types import UTCDateTime
 
@@ -253,11 +253,34 @@ class _AdvisoryLock:
         self.engine, self.tree, self.timeout = engine, tree, timeout
         self._conn: AsyncConnection | None = None
 
+    async def _require_session(self, conn: AsyncConnection) -> None:
+        """A session-level lock through a transaction pooler would stay behind on whichever
+        server connection ran it: refuse such a connection, before taking the lock."""
+
+        async def notify(channel: str) -> None:
+            async with self.engine.connect() as other:
+                await other.execute(text("SELECT pg_notify(:c, '')"), {"c": channel})
+                await other.commit()
+
+        raw = await conn.get_raw_connection()
+        try:
+            kept = await hears_notify(raw.driver_connection, notify)
+        except DBAPIError:  # e.g. a prepared statement clashing inside a pooler
+            kept = False
+        if not kept:
+            raise MigrationError(
+                f"{self.tree.name}: the database connection does not keep a session (a NOTIFY "
+                "did not reach a LISTEN on it): it goes through a transaction pooler such as "
+                "PgBouncer in transaction mode, and the migration lock needs a direct "
+                "connection. Set DATABASE_DIRECT_URL to the database's direct URL."
+            )
+
     async def __aenter__(self) -> AsyncConnection:
         conn = await self.engine.connect()
         deadline = time.monotonic() + self.timeout
         waited = False
         try:
+            await self._require_session(conn)
             while True:
                 got = (
                     await conn.execute(

@@ -101,7 +101,7 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
     heads = asyncio.run(
         migrate.upgrade(
             service.tree,
-            database.database_url,
+            database.direct_url,  # the lock is a session's: never through a pooler
             wait_timeout=database.platform_wait_timeout,
             lock_timeout=database.migration_lock_timeout,
             ddl_lock_timeout=database.migration_ddl_lock_timeout,

@@ -21,6 +21,11 @@ class DatabaseSettings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="Postgres URL, e.g. postgresql://user:password@host:5432/dbname",
     )
+    # The direct URL (no transaction pooler in between), for what a transaction pooler cannot
+    # carry: the migrations' session advisory lock and the session cache's LISTEN. Set it when
+    # DATABASE_URL is a pooled URL (PgBouncer in transaction mode); DATABASE_URL is then run
+    # without prepared-statement caching.
+    database_direct_url: str | None = Field(default=None, validation_alias="DATABASE_DIRECT_URL")
     db_pool_size: int = Field(default=10, ge=1, validation_alias="DB_POOL_SIZE")
     db_max_overflow: int = Field(default=10, ge=0, validation_alias="DB_MAX_OVERFLOW")
     # How long a service's `migrate` waits for the platform tree to reach its head, and how
@@ -37,6 +42,16 @@ class DatabaseSettings(BaseSettings):
     migration_ddl_lock_timeout: float = Field(
         default=5.0, gt=0, validation_alias="MIGRATION_DDL_LOCK_TIMEOUT"
     )
+
+    @property
+    def direct_url(self) -> str:
+        """Where migrations and LISTEN go: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def pooled(self) -> bool:
+        """DATABASE_URL is a transaction-pooled URL (a distinct direct URL was given)."""
+        return self.database_direct_url not in (None, "", self.database_url)
 
 
 class ServerSettings(BaseSettings):
