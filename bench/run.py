@@ -51,6 +51,8 @@ from bench.procs import (
 )
 from platform_db.trees import PLATFORM
 from platform_dev.embedded import EmbeddedPostgres, free_port
+from platform_dev.pgbouncer import binary as pgbouncer_binary
+from platform_dev.pgbouncer import pgbouncer
 from service_kit import migrate
 from web.app import TREE as WEB_TREE
 
@@ -153,6 +155,7 @@ class Report:
     machine: dict[str, str] = field(default_factory=dict)
     routes: list[Measured] = field(default_factory=list)
     growth: list[tuple[str, int, int, Measured]] = field(default_factory=list)
+    scale: list[Measured] = field(default_factory=list)  # GET /todos: workers, the pooler
     plans: list[tuple[str, str, str]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     profile: list[str] = field(default_factory=list)
@@ -204,9 +207,22 @@ class Report:
                 out[route] = (g.server_ms + g.postgres_ms) / (s.server_ms + s.postgres_ms)
         return out
 
+    def scale_ratios(self) -> dict[str, float]:
+        """2 workers / 1 worker and pooled / direct, by requests per second."""
+        got = {m.impl: m.result.rps for m in self.scale}
+        out: dict[str, float] = {}
+        one = got.get(ONE_WORKER)
+        if one and TWO_WORKERS in got:
+            out["2 workers / 1 worker"] = got[TWO_WORKERS] / one
+        if one and POOLED in got:
+            out["through PgBouncer / direct (1 worker)"] = got[POOLED] / one
+        return out
+
     def errors(self) -> int:
-        return sum(m.result.errors for m in self.routes) + sum(
-            m.result.errors for _, _, _, m in self.growth
+        return (
+            sum(m.result.errors for m in self.routes)
+            + sum(m.result.errors for _, _, _, m in self.growth)
+            + sum(m.result.errors for m in self.scale)
         )
 
     def markdown(self) -> list[str]:
@@ -259,6 +275,12 @@ class Report:
         if self.plans:
             out += ["", "Query plans (EXPLAIN ANALYZE of the list query, top node):", ""]
             out += [f"- {case}, {what}: {plan}" for case, what, plan in self.plans]
+        if self.scale:
+            out += ["", "## Scaling out: workers and the pooler (GET /todos, every core)", ""]
+            out += [_TABLE_HEAD, _TABLE_RULE]
+            out += [_row(m.route, m.impl, m.result) for m in self.scale]
+            out.append("")
+            out += [f"scale {name}: {value:.2f}" for name, value in self.scale_ratios().items()]
         out += ["", "## Memory of the service process", ""]
         mem = self.memory
         if mem:
@@ -307,6 +329,8 @@ class Report:
             ],
             "growth_ratios": self.growth_ratios(),
             "growth_cpu_ratios": self.growth_cpu_ratios(),
+            "scale": [{"route": m.route, "impl": m.impl, **res(m.result)} for m in self.scale],
+            "scale_ratios": self.scale_ratios(),
             "plans": [{"case": c, "query": q, "plan": p} for c, q, p in self.plans],
             "memory": self.memory,
             "profile": self.profile,
@@ -454,15 +478,20 @@ def measure(
     seconds: int,
     warmup: int,
     timeout: int = 30,
+    workers: bool = False,
 ) -> Result:
     kwargs: dict[str, Any] = {"connections": connections, "timeout": timeout}
+    # Several workers: the CPU is spent in `serve`'s children.
+    server_cpu = (
+        (lambda: tree_cpu_seconds(server.pid)) if workers else (lambda: cpu_seconds(server.pid))
+    )
     if warmup:
         run_wrk(server.base_url, reqs, seconds=warmup, **kwargs)
     result = run_wrk(
         server.base_url,
         reqs,
         seconds=seconds,
-        server_cpu=lambda: cpu_seconds(server.pid),
+        server_cpu=server_cpu,
         postgres_cpu=lambda: tree_cpu_seconds(pg_pid),
         **kwargs,
     )
@@ -472,7 +501,7 @@ def measure(
         f"cpu server {result.server_cpu:.2f} pg {result.postgres_cpu:.2f} "
         f"wrk {result.generator_cpu:.2f}"
     )
-    if result.server_cpu < 0.8 and route != SIGN_IN:
+    if result.server_cpu < 0.8 and route != SIGN_IN and not workers:
         report.starved.append(f"{route} ({impl}) {result.server_cpu:.2f}")
     return result
 
@@ -653,7 +682,12 @@ def run(config: Config, command: str) -> Report:
         try:
             ours.wait_ready("/readyz")
             base_floor.wait_ready("/healthz")
-            steps(report, config, run_db, ours, base_floor, users, caller, other_ids, pg_pid, base)
+            reqs = steps(
+                report, config, run_db, ours, base_floor, users, caller, other_ids, pg_pid, base
+            )
+            ours.stop()
+            base_floor.stop()
+            scale_out(report, config, env, tmp, reqs, pg_pid, pg.url(), url)
         except BaseException:
             for server in (ours, base_floor):
                 log(f"{server.name} log (tail):\n{server.output()}")
@@ -673,7 +707,8 @@ def steps(
     other_ids: list[str],
     pg_pid: int,
     base: datetime,
-) -> None:
+) -> list[Req]:
+    """Every measured step but the scale-out one; the GET /todos requests, for it."""
     small = f"{config.small_total:,} todos"
     growth_case(report, run_db, small, ours, caller, config, pg_pid)
 
@@ -778,6 +813,68 @@ def steps(
     log(f"  seeded in {time.monotonic() - t0:.0f} s")
     large = f"{config.large_total:,} todos"
     growth_case(report, run_db, large, ours, caller, config, pg_pid)
+    return per_route[LIST]
+
+
+ONE_WORKER, TWO_WORKERS, POOLED = "1 worker", "2 workers", "1 worker, PgBouncer"
+
+
+def scale_out(
+    report: Report,
+    config: Config,
+    env: dict[str, str],
+    tmp: Path,
+    reqs: Sequence[Req],
+    pg_pid: int,
+    admin_url: str,
+    url: str,
+) -> None:
+    """GET /todos on every core: `web serve` with 1 and with 2 workers, and 1 worker with
+    DATABASE_URL through PgBouncer in transaction mode (its pooled statements)."""
+    log("scaling out: 1 worker, 2 workers, 1 worker through PgBouncer (not pinned)")
+    with ExitStack() as stack:
+        cases: list[tuple[str, list[str], dict[str, str]]] = [
+            (ONE_WORKER, [], env),
+            (TWO_WORKERS, ["--workers", "2"], env),
+        ]
+        if pgbouncer_binary() is None:
+            report.notes.append("No pgbouncer on this machine: the pooled run was skipped.")
+        else:
+            bouncer = stack.enter_context(
+                pgbouncer(admin_url, tmp / "pgbouncer", pool_size=config.pool_size)
+            )
+            pooled_env = {**env, "DATABASE_URL": bouncer.pooled(url), "DATABASE_DIRECT_URL": url}
+            cases.append((POOLED, [], pooled_env))
+        for impl, extra, case_env in cases:
+            port = free_port()
+            server = Server(
+                f"web serve ({impl})",
+                [str(BIN / "web"), "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
+                case_env,
+                port,
+                tmp / f"web-{port}.log",
+                None,
+            )
+            try:
+                server.wait_ready("/readyz")
+                res = measure(
+                    report,
+                    LIST,
+                    impl,
+                    server,
+                    reqs,
+                    connections=config.connections,
+                    pg_pid=pg_pid,
+                    seconds=config.seconds,
+                    warmup=config.warmup,
+                    workers=True,
+                )
+                report.scale.append(Measured(LIST, impl, res))
+            except BaseException:
+                log(f"{server.name} log (tail):\n{server.output()}")
+                raise
+            finally:
+                server.stop()
 
 
 def profile_list(config: Config, ours: Server, reqs: Sequence[Req]) -> list[str]:

@@ -1,126 +1,27 @@
-"""A real PgBouncer (Debian's `pgbouncer` package) in transaction mode, in front of the test
-server: what managed Postgres hands out as its pooled URL.
-
-`PgBouncer.pooled(url)` turns a direct URL into the same database through the pooler.
-"""
+"""A real PgBouncer in transaction mode for a test (platform_dev.pgbouncer), failing the test
+with the install line when Debian's pgbouncer is missing."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
-from platform_dev.embedded import SYSTEM_USER, free_port, wait_for_port
+from platform_dev.pgbouncer import MISSING, PgBouncer, PgBouncerError, binary
+from platform_dev.pgbouncer import pgbouncer as start_pgbouncer
 
-PGBOUNCER_MISSING = (
-    "pgbouncer is not installed (`apt-get install pgbouncer`; .ci/run installs it): the "
-    "pooler tests need a real one"
-)
-POOL_SIZE = 4  # server connections per database and user: fewer than the clients, on purpose
-
-
-@dataclass
-class PgBouncer:
-    host: str
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def pooled(self, url: str) -> str:
-        """`url`'s database and user, through the pooler (trust auth between test and pooler)."""
-        parts = urlsplit(url)
-        user = parts.username or "postgres"
-        netloc = f"{quote(unquote(user), safe='')}@{self.host}:{self.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def _unprivileged_user() -> str:
-    try:
-        pwd.getpwnam(SYSTEM_USER)  # made by the embedded server when it runs as root
-        return SYSTEM_USER
-    except KeyError:
-        return "nobody"
-
-
-def _server_line(admin_url: str) -> str:
-    """The [databases] entry: every database name, to the test server, as its admin user."""
-    parts = urlsplit(admin_url)
-    fields = [f"host={parts.hostname or '127.0.0.1'}", f"port={parts.port or 5432}"]
-    if parts.username:
-        fields.append(f"user={unquote(parts.username)}")
-    if parts.password:
-        fields.append(f"password={unquote(parts.password)}")
-    return "* = " + " ".join(fields)
+__all__ = ["PgBouncer", "pgbouncer"]
 
 
 @contextlib.contextmanager
 def pgbouncer(admin_url: str, directory: Path) -> Iterator[PgBouncer]:
-    """PgBouncer in transaction mode on a free port, in front of `admin_url`'s server."""
-    binary = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-    )
-    if binary is None:
-        pytest.fail(PGBOUNCER_MISSING, pytrace=False)
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    user = urlsplit(admin_url).username or "postgres"
-    (directory / "users.txt").write_text(f'"{unquote(user)}" ""\n')
-    ini = directory / "pgbouncer.ini"
-    ini.write_text(
-        "\n".join(
-            [
-                "[databases]",
-                _server_line(admin_url),
-                "[pgbouncer]",
-                "listen_addr = 127.0.0.1",
-                f"listen_port = {port}",
-                "unix_socket_dir =",
-                "auth_type = trust",
-                f"auth_file = {directory / 'users.txt'}",
-                "pool_mode = transaction",
-                f"default_pool_size = {POOL_SIZE}",
-                "max_client_conn = 1000",
-                "ignore_startup_parameters = extra_float_digits",
-                "",
-            ]
-        )
-    )
-    args = [binary, str(ini)]
-    if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        for path in (directory, directory / "users.txt", ini):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        args = [binary, "-u", _unprivileged_user(), str(ini)]
-    log = directory / "pgbouncer.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    # Fewer server connections than the test's clients, on purpose.
+    if binary() is None:
+        pytest.fail(MISSING, pytrace=False)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"pgbouncer exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                wait_for_port("127.0.0.1", port, timeout=0.5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"pgbouncer did not listen within 15 s:\n{log.read_text()}")
-        yield PgBouncer("127.0.0.1", port, log, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with start_pgbouncer(admin_url, directory, pool_size=4) as bouncer:
+            yield bouncer
+    except PgBouncerError as exc:
+        pytest.fail(str(exc), pytrace=False)

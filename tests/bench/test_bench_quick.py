@@ -81,4 +81,15 @@ def test_quick_mode_measures_every_route_without_errors(tmp_path: Path) -> None:
     assert memory["burst_peak_kib"] > 0
     assert "peak RSS under the todo-route benchmark" in proc.stdout
     assert "peak RSS with 100 concurrent sign-ins" in proc.stdout
+    # Scaling out: 1 and 2 workers, and 1 worker through a real PgBouncer, all answered.
+    scale = {r["impl"]: r for r in data["scale"]}
+    assert set(scale) == {"1 worker", "2 workers", "1 worker, PgBouncer"}
+    for impl, r in scale.items():
+        assert r["requests"] > 0, impl
+        assert r["errors"] == 0, (impl, r["error_detail"])
+    assert set(data["scale_ratios"]) == {
+        "2 workers / 1 worker",
+        "through PgBouncer / direct (1 worker)",
+    }
+    assert "scale 2 workers / 1 worker: " in proc.stdout
     assert data["errors"] == 0

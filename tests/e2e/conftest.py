@@ -36,7 +36,8 @@ SETTINGS_VARS = (
     "DB_MAX_OVERFLOW", "PASSWORD_HASH_CONCURRENCY", "HOST", "PORT", "LOG_LEVEL",
     "FORWARDED_ALLOW_IPS", "ACCESS_LOG", "WEB_PORT", "TRADING_PORT", "RATE_LIMIT_ENABLED",
     "REQUIRE_EMAIL_VERIFICATION", "AUTH_URL", "BETTER_AUTH_URL", "SMTP_HOST", "ALLOWED_HOSTS",
-    "MAX_HEADER_BYTES", "MAX_HEADERS", "HEADER_TIMEOUT", "MAX_CONNECTIONS", "KEEP_ALIVE_TIMEOUT",
+    "WEB_CONCURRENCY", "MAX_HEADER_BYTES", "MAX_HEADERS", "HEADER_TIMEOUT", "MAX_CONNECTIONS",
+    "KEEP_ALIVE_TIMEOUT",
 )  # fmt: skip
 
 READY_TIMEOUT = 90.0  # seconds a served process may take to migrate and answer /readyz
@@ -203,13 +204,19 @@ class Processes:
         return proc
 
     async def serve(
-        self, service: str, database_url: str, *, port: int | None = None, **env: str
+        self,
+        service: str,
+        database_url: str,
+        *,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        **env: str,
     ) -> Proc:
         """Start `<service> serve` on a free port (not waiting for it to be ready)."""
         port = port or free_port()
         return await self.start(
             f"{service}-serve-{port}",
-            [command(service), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [command(service), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             service_env(database_url, **env),
             base_url=f"http://127.0.0.1:{port}",
         )

@@ -92,12 +92,20 @@ def _log_config(service: ServiceDefinition) -> dict[str, object]:
     return config
 
 
-def serve(service: ServiceDefinition, host: str, port: int) -> int:
-    """Migrate the service's own tree (after the platform's), then serve with uvicorn."""
+def _factory(service: ServiceDefinition) -> str:
+    """The import path of the service's app factory, for worker processes to call."""
+    fn = service.create_app
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def serve(service: ServiceDefinition, host: str, port: int, workers: int | None = None) -> int:
+    """Migrate the service's own tree (after the platform's), then serve with uvicorn:
+    `workers` processes (default WEB_CONCURRENCY, else 1), each building its own app."""
     import uvicorn
 
     settings = service.load_settings()
     server, database = settings.server, settings.database
+    workers = workers or server.workers
     heads = asyncio.run(
         migrate.upgrade(
             service.tree,
@@ -108,13 +116,20 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
         )
     )
     log.info("%s: migrations at %s", service.name, " ".join(heads))
-    app = service.create_app(settings)
+    # One worker: the app is built here. Several: each worker process imports the factory and
+    # builds its own (own pool, own listener), reading the same environment.
+    app: FastAPI | str = service.create_app(settings) if workers == 1 else _factory(service)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    print(f"{service.name}: serving on http://{shown}:{port} (docs: http://{shown}:{port}/docs)")
+    print(
+        f"{service.name}: serving on http://{shown}:{port} (docs: http://{shown}:{port}/docs)"
+        + (f" with {workers} workers" if workers > 1 else "")
+    )
     sys.stdout.flush()
     BoundedHttpToolsProtocol.limits = server
     uvicorn.run(
         app,
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
         http=BoundedHttpToolsProtocol,
@@ -130,6 +145,13 @@ def serve(service: ServiceDefinition, host: str, port: int) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def service_main(service: ServiceDefinition) -> NoReturn:
     """The console command of a service: the migration subcommands plus `serve`."""
 
@@ -140,10 +162,16 @@ def service_main(service: ServiceDefinition) -> NoReturn:
         p.add_argument(
             "--port", type=int, default=int(os.environ.get("PORT", service.default_port))
         )
+        p.add_argument(
+            "--workers",
+            type=_positive,
+            default=None,
+            help="worker processes (default: WEB_CONCURRENCY, else 1)",
+        )
 
         def handle(args: argparse.Namespace) -> int | None:
             if args.command == "serve":
-                return serve(service, args.host, args.port)
+                return serve(service, args.host, args.port, args.workers)
             return None
 
         return handle

@@ -61,6 +61,9 @@ class ServerSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", validation_alias="HOST")
     port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
+    # Worker processes `serve` runs (uvicorn's and gunicorn's variable); each has its own pool
+    # and session listener. Migrations run once, before the workers start.
+    workers: int = Field(default=1, ge=1, le=64, validation_alias="WEB_CONCURRENCY")
     log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
     access_log: bool = Field(default=True, validation_alias="ACCESS_LOG")
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
