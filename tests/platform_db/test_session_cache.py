@@ -617,6 +617,48 @@ async def test_cache_size_zero_means_no_listener_and_no_cache(full_db: str) -> N
         assert await live.rejected(token)  # at once
 
 
+async def test_stop_ends_the_listener_even_if_a_cancellation_is_swallowed(full_db: str) -> None:
+    """An await inside the listener that swallows one cancellation (as asyncio.wait_for does
+    on 3.11 when its future completes at that moment) must not keep it running after stop."""
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def probe(channel: str) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.set()  # and carry on, as a buggy library would
+        await asyncio.Event().wait()  # forever, unless cancelled again
+
+    dsn = plain_url(full_db)
+    listener = SessionListener(dsn, SessionCache(10, 60.0), probe=probe, probe_timeout=0.5)
+    listener.start()
+    task = listener._task
+    assert task is not None
+
+    async def probing() -> bool:
+        return entered.is_set()
+
+    await poll(probing, "the listener runs its probe")
+    assert len(await listener_pids(full_db)) == 1
+    stopping = asyncio.create_task(listener.stop())
+    try:
+        # Not asyncio.timeout: cancelling a stop that awaits the task would cancel it again.
+        await asyncio.wait({stopping}, timeout=POLL)
+        assert stopping.done(), "stop() waits for a listener that swallowed its cancellation"
+    finally:
+        task.cancel()
+        stopping.cancel()
+    assert swallowed.is_set()
+    assert task.done()
+    assert not listener.cache.enabled
+    await poll(lambda: _no_listener(full_db), "the listening connection is closed")
+
+
+async def _no_listener(db_url: str) -> bool:
+    return await listener_pids(db_url) == []
+
+
 # --- real processes ---------------------------------------------------------------------------
 
 

@@ -19,7 +19,6 @@ session cached. Expiry is checked on every hit, and entries also age out after `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -182,10 +181,11 @@ class SessionListener:
         self._task = asyncio.create_task(self._run(), name="session-cache-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        # Cancel until it is done: a library awaited inside may swallow one cancellation.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         self.cache.disable()
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
@@ -222,7 +222,8 @@ class SessionListener:
         log.info("session cache on: listening for session changes (heard its own NOTIFY)")
         while not lost.is_set():
             try:
-                await asyncio.wait_for(lost.wait(), timeout=self.keepalive)
+                async with asyncio.timeout(self.keepalive):  # not wait_for: see hears_notify
+                    await lost.wait()
             except TimeoutError:
                 # A connection can die without a word (a network cut): ask it.
                 await conn.fetchval("SELECT 1", timeout=5)

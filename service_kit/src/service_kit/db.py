@@ -117,16 +117,20 @@ async def hears_notify(
     def on_notify(*_: object) -> None:
         heard.set()
 
-    await listening.add_listener(channel, on_notify)
+    # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
+    # as the NOTIFY does, and the caller (a listener being stopped) would run on.
     try:
-        await notify(channel)
-        await asyncio.wait_for(heard.wait(), wait)
+        async with asyncio.timeout(wait):
+            await listening.add_listener(channel, on_notify)
+            await notify(channel)
+            await heard.wait()
         return True
     except TimeoutError:
         return False
     finally:
         with contextlib.suppress(Exception):
-            await listening.remove_listener(channel, on_notify)
+            async with asyncio.timeout(wait):
+                await listening.remove_listener(channel, on_notify)
 
 
 async def keeps_session(url: str, wait: float = PROBE_TIMEOUT) -> bool | None:
