@@ -98,7 +98,11 @@ async def start_stack(node_project: Path, db_url: str, tmp_path: Path) -> AsyncI
     """`await start_stack(services=("web", "trading"), secure=False)` starts the servers."""
     started: list[Server] = []
 
-    async def start(services: tuple[str, ...] = ("web", "trading"), secure: bool = False) -> Stack:
+    async def start(
+        services: tuple[str, ...] = ("web", "trading"),
+        secure: bool = False,
+        rate_limits: bool = False,
+    ) -> Stack:
         inherited = {
             k: v
             for k, v in os.environ.items()
@@ -111,7 +115,10 @@ async def start_stack(node_project: Path, db_url: str, tmp_path: Path) -> AsyncI
             "ENVIRONMENT": "development",  # cookies without the __Secure- prefix ...
             "COOKIE_SECURE": "true" if secure else "false",  # ... unless asked for
             "TRUSTED_ORIGINS": APP_ORIGIN,
-            "RATE_LIMIT_ENABLED": "false",
+            "RATE_LIMIT_ENABLED": "true" if rate_limits else "false",
+            "RATE_LIMIT_STORAGE": "database",
+            # The test client stands for a proxy on this machine naming the client.
+            "FORWARDED_ALLOW_IPS": "127.0.0.1",
             "LOG_LEVEL": "warning",
             "ACCESS_LOG": "0",
             "DB_POOL_SIZE": "3",
@@ -126,6 +133,7 @@ async def start_stack(node_project: Path, db_url: str, tmp_path: Path) -> AsyncI
             "TZ": NODE_TZ,
             "NODE_ENV": "test",
             "BETTER_AUTH_TELEMETRY": "0",
+            "RATE_LIMITS": "database" if rate_limits else "",
         }
         ba = _start("better-auth", ["node", "server.mjs"], ba_env, node_project, tmp_path)
         started.append(ba)

@@ -39,6 +39,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from platform_db.models import PLATFORM_TABLES
+from platform_db.trees import PLATFORM
+from service_kit.migrate import upgrade
 from tests.compat.helpers import BETTER_AUTH_VERSION, NODE_MISSING
 from tests.npm import node_missing
 from tests.pg import create_database, drop_database, plain_url
@@ -60,8 +63,10 @@ import { getTableConfig, PgDialect, PgTable } from "drizzle-orm/pg-core";
 import pg from "pg";
 
 const [mode, schemaPath] = process.argv.slice(2);
-// What shapes the tables in node/server.mjs's configuration (bearer adds no table).
+// What shapes the tables in node/server.mjs's configuration (bearer adds no table), and the
+// same with its database rate limits, which add the rateLimit model.
 const tableOptions = { emailAndPassword: { enabled: true }, plugins: [bearer()] };
+const withRateLimits = { ...tableOptions, rateLimit: { enabled: true, storage: "database" } };
 
 const quote = (name) => `"${name.replaceAll('"', '""')}"`;
 const list = (columns) => columns.map((column) => quote(column.name)).join(", ");
@@ -143,30 +148,50 @@ function toDdl(module) {
 // better-auth's Drizzle schema generator, for Postgres with snake_case columns. Its module also
 // defines relations with drizzle-orm 1.x's `defineRelationsPart`, which the pinned 0.x lacks;
 // relations are no DDL, so a stand-in takes its place.
-async function drizzle() {
+async function generate(tables, file) {
   const adapter = drizzleAdapter({}, { provider: "pg", camelCase: false });
-  const options = { ...tableOptions, database: adapter };
+  const options = { ...tables, database: adapter };
   const { code } = await adapter(options).createSchema(options, "auth-schema.ts");
   const relationsImport = 'import { defineRelationsPart } from "drizzle-orm";\n';
   if (!code.startsWith(relationsImport)) throw new Error(`unexpected generator output:\n${code}`);
   const module = code.replace(relationsImport, "const defineRelationsPart = () => ({});\n");
-  await writeFile("auth-schema.mjs", module);
-  const generated = await import(pathToFileURL("auth-schema.mjs").href);
+  await writeFile(file, module);
+  return { code, ddl: toDdl(await import(pathToFileURL(file).href)) };
+}
+
+async function drizzle() {
+  const plain = await generate(tableOptions, "auth-schema.mjs");
+  const limited = await generate(withRateLimits, "auth-schema-rate-limits.mjs");
   const ours = await import(pathToFileURL(schemaPath).href);
-  return { code, generator: toDdl(generated), schemaMjs: toDdl(ours) };
+  return {
+    code: plain.code,
+    generator: plain.ddl,
+    codeWithRateLimits: limited.code,
+    generatorWithRateLimits: limited.ddl,
+    schemaMjs: toDdl(ours),
+  };
 }
 
 // better-auth's own migrator on DATABASE_URL, each field named as schema.mjs names its column.
+// With RATE_LIMITS=1, as configured with database rate limits (the rateLimit model's table and
+// field names are options of `rateLimit`).
 async function migrate() {
+  const rateLimits = process.env.RATE_LIMITS === "1";
   const models = {};
   for (const [model, table] of Object.entries(await import(pathToFileURL(schemaPath).href))) {
     if (!is(table, PgTable)) continue;
     const renamed = Object.entries(getTableColumns(table)).filter(([key, c]) => key !== c.name);
-    models[model] = { fields: Object.fromEntries(renamed.map(([key, c]) => [key, c.name])) };
+    const fields = Object.fromEntries(renamed.map(([key, c]) => [key, c.name]));
+    if (model !== "rateLimit") models[model] = { fields };
+    else if (rateLimits) {
+      const modelName = getTableConfig(table).name;
+      models[model] = { ...withRateLimits.rateLimit, modelName, fields };
+    }
   }
   const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 1 });
   try {
-    const options = { ...tableOptions, ...models, database: pool, telemetry: { enabled: false } };
+    const tables = rateLimits ? withRateLimits : tableOptions;
+    const options = { ...tables, ...models, database: pool, telemetry: { enabled: false } };
     const migrations = await getMigrations(options);
     const sql = await migrations.compileMigrations();
     await migrations.runMigrations();
@@ -248,6 +273,17 @@ async def describe(url: str) -> Structure:
     finally:
         await conn.close()
     return Structure(relations, columns, constraints, indexes)
+
+
+def only(structure: Structure, tables: Iterable[str]) -> Structure:
+    """The part of `structure` that belongs to `tables`."""
+    keep = set(tables)
+    return Structure(
+        {name: kind for name, kind in structure.relations.items() if name in keep},
+        {key: value for key, value in structure.columns.items() if key[0] in keep},
+        {key: value for key, value in structure.constraints.items() if key[0] in keep},
+        {key: value for key, value in structure.indexes.items() if key[0] in keep},
+    )
 
 
 async def structure_of(admin_url: str, statements: Iterable[str]) -> Structure:
@@ -419,13 +455,56 @@ async def test_schema_mjs_is_better_auths_drizzle_schema(
     admin_url: str, generated: dict[str, Any]
 ) -> None:
     ours = await structure_of(admin_url, generated["schemaMjs"])
-    produced = await structure_of(admin_url, generated["generator"])
+    produced = await structure_of(admin_url, generated["generatorWithRateLimits"])
     assert_same(
         facts(ours),
         facts(produced),
         "node/schema.mjs",
-        "better-auth's Drizzle schema",
-        "better-auth generated this Drizzle schema:\n" + generated["code"],
+        "better-auth's Drizzle schema (with database rate limits)",
+        "better-auth generated this Drizzle schema:\n" + generated["codeWithRateLimits"],
+    )
+
+
+async def test_platform_tables_are_better_auths_with_database_rate_limits(
+    admin_url: str, empty_db: str, generated: dict[str, Any]
+) -> None:
+    """Our migrations build what better-auth's Drizzle schema is with
+    `rateLimit.storage: "database"`: its four tables and `rate_limit`, names included."""
+    await upgrade(PLATFORM, empty_db)
+    ours = only(await describe(empty_db), PLATFORM_TABLES)
+    produced = await structure_of(admin_url, generated["generatorWithRateLimits"])
+    assert set(produced.relations) == PLATFORM_TABLES
+    assert_same(
+        facts(ours),
+        facts(produced),
+        "the platform's migrations",
+        "better-auth's Drizzle schema (with database rate limits)",
+        "better-auth generated this Drizzle schema:\n" + generated["codeWithRateLimits"],
+    )
+
+
+async def test_rate_limit_table_agrees_with_better_auths_migrator(
+    admin_url: str, empty_db: str, workdir: Path, node_dir: Path
+) -> None:
+    """better-auth's migrator, with database rate limits and our names, makes `rate_limit` as
+    our migration does (compared as `as_the_migrator_sees` compares)."""
+    result = await run_script(
+        workdir, node_dir, "migrate", DATABASE_URL=plain_url(empty_db), RATE_LIMITS="1"
+    )
+    migrated = only(await describe(empty_db), {"rate_limit"})
+    assert migrated.relations == {"rate_limit": "r"}, result["sql"]
+    ours_url = await create_database(admin_url, prefix="ref")
+    try:
+        await upgrade(PLATFORM, ours_url)
+        ours = only(await describe(ours_url), {"rate_limit"})
+    finally:
+        await drop_database(admin_url, ours_url)
+    assert_same(
+        as_the_migrator_sees(ours, migrated=False),
+        as_the_migrator_sees(migrated, migrated=True),
+        "the platform's rate_limit",
+        "the rate_limit table better-auth's migrator creates",
+        "better-auth's migrator ran:\n" + result["sql"],
     )
 
 

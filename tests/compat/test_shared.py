@@ -322,3 +322,34 @@ async def test_sessions_without_remember_me_stay_short_on_both_sides(
         assert abs(row["lifetime"] - timedelta(days=1)) < timedelta(seconds=1), (
             f"signed in at {issuer}, slid to {row['lifetime']} by a get-session"
         )
+
+
+async def test_a_client_is_counted_together_by_better_auth_and_us(start_stack: StartStack) -> None:
+    """Both with database rate limits on one database: one counter per client and path, in
+    the rate_limit table, so 3 wrong sign-ins spread over both apps use up the 3 per 10 s."""
+    stack = await start_stack(services=("web",), rate_limits=True)
+    client = {"origin": APP_ORIGIN, "x-forwarded-for": "203.0.113.7"}  # as a proxy names it
+    wrong = {"email": "nobody@example.com", "password": "not the password"}
+    path = "/api/auth/sign-in/email"
+    async with httpx.AsyncClient(timeout=10, headers=client) as http:
+        codes = [
+            (await http.post(f"{base}{path}", json=wrong)).status_code
+            for base in (stack.web, stack.ba, stack.web)
+        ]
+        assert codes == [401, 401, 401], codes
+        # (better-auth counts every path, its readiness route /ok included.)
+        rows = await stack.fetch(
+            "SELECT key, count, last_request FROM rate_limit WHERE key LIKE '%|/sign-in/%'"
+        )
+        assert [(r["key"], r["count"]) for r in rows] == [("203.0.113.7|/sign-in/email", 3)]
+        now_ms = time.time() * 1000
+        assert abs(rows[0]["last_request"] - now_ms) < 60_000  # epoch milliseconds, as theirs
+        # The fourth, at either app, is refused the way better-auth refuses it.
+        for base in (stack.ba, stack.web):
+            r = await http.post(f"{base}{path}", json=wrong)
+            assert r.status_code == 429, (base, r.text)
+            assert 1 <= int(r.headers["x-retry-after"]) <= 10
+        # Another client is not affected.
+        other = {"x-forwarded-for": "203.0.113.8"}
+        r = await http.post(f"{stack.ba}{path}", json=wrong, headers=other)
+        assert r.status_code == 401, r.text

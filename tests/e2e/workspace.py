@@ -71,6 +71,13 @@ class Workspace:
         result = subprocess.run(
             argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300
         )
+        if result.returncode != 0 and "not found in the cache" in result.stderr:
+            # A new member makes uv resolve again, which may need index pages that a machine's
+            # cache never held (only wheels): then ask the index once.
+            argv.remove("--offline")
+            result = subprocess.run(
+                argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300
+            )
         if check:
             assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
         return result

@@ -168,7 +168,8 @@ async def assert_auth_schema(url: str) -> None:
 async def test_upgrade_from_empty_builds_better_auth_schema(empty_db: str) -> None:
     assert await existing_tables(empty_db) == set()
     assert await migrate.upgrade(PLATFORM, empty_db) == HEAD
-    assert await existing_tables(empty_db) == {*AUTH_TABLES, PLATFORM.version_table, HISTORY}
+    expected = {*AUTH_TABLES, "rate_limit", PLATFORM.version_table, HISTORY}
+    assert await existing_tables(empty_db) == expected
     assert await version_rows(empty_db) == list(HEAD)
     await assert_auth_schema(empty_db)
 
@@ -452,9 +453,9 @@ async def test_five_replicas_migrate_one_empty_database(empty_db: str) -> None:
         assert f"at {' '.join(HEAD)} (head)" in result.stdout
     log = await fetch(empty_db, "SELECT backend, tag, object FROM ddl_log")
     creates = Counter(str(obj) for _, tag, obj in log if tag == "CREATE TABLE")
-    # The four auth tables, the version table and its history, each created once, by one
-    # process.
+    # The auth tables, the version table and its history, each created once, by one process.
     tables = ['public."user"', "public.session", "public.account", "public.verification"]
+    tables.append("public.rate_limit")
     history = f"public.{HISTORY}"
     assert creates == Counter([*tables, f"public.{PLATFORM.version_table}", history])
     assert len({backend for backend, _, _ in log}) == 1

@@ -17,7 +17,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel, col
 
 from platform_auth.tokens import generate_id, generate_token
-from platform_db.models import PLATFORM_TABLES, Account, Session, User, Verification
+from platform_db.models import PLATFORM_TABLES, Account, RateLimit, Session, User, Verification
 from service_kit.db import async_url
 from service_kit.metadata import NAMING_CONVENTION, metadata
 from service_kit.types import UTCDateTime, utcnow
@@ -159,9 +159,10 @@ def test_ids_and_tokens_are_32_alphanumerics_and_unique(generate: Callable[[], s
 def test_models_share_the_one_metadata() -> None:
     assert metadata is SQLModel.metadata
     assert metadata.naming_convention == NAMING_CONVENTION
-    for model in (User, Session, Account, Verification):
+    for model in (User, Session, Account, Verification, RateLimit):
         assert table_of(model).metadata is metadata
-    assert frozenset({"user", "session", "account", "verification"}) == PLATFORM_TABLES
+    tables = frozenset({"user", "session", "account", "verification", "rate_limit"})
+    assert tables == PLATFORM_TABLES
 
 
 def test_naming_convention_yields_drizzle_names() -> None:

@@ -15,9 +15,11 @@ from pydantic import ValidationError
 
 from platform_auth import passwords
 from platform_auth.app import create_app
+from platform_auth.ratelimit import rate_limit_key
 from tests.conftest import ORIGIN, auth_settings
 from tests.factories import PASSWORD, sign_up, unique_email
 from tests.pg import sql
+from tests.polling import poll
 
 AUTH = "/api/auth"
 SIGN_IN = f"{AUTH}/sign-in/email"
@@ -119,34 +121,38 @@ async def test_limits_are_per_address(db_url: str) -> None:
         assert_limited(r, 10)
 
 
-async def test_limits_are_per_route_group(db_url: str) -> None:
+async def test_limits_are_per_path_with_the_group_s_limit(db_url: str) -> None:
+    """better-auth's key: `<ip>|<path>`; the route group only sets the limit and window."""
     async with limited_app(db_url) as (_, client_from):
         client = client_from("10.0.0.1")
         for _ in range(3):
             r = await client.post(SIGN_IN, json={})
             assert r.status_code == 422
         assert_limited(await client.post(SIGN_IN, json={}), 10)
+        # A trailing slash is the same path (better-auth strips it too).
+        assert_limited(await client.post(SIGN_IN + "/", json={}), 10)
         # Sign-up has its own counter.
         token, _ = await sign_up(client)
-        # change-password and reset-password share the password group.
+        # reset-password is limited on its own path; change-password counts apart.
         for _ in range(3):
             r = await client.post(f"{AUTH}/reset-password", json={"newPassword": "x"})
             assert r.status_code == 400, r.text
+        assert_limited(await client.post(f"{AUTH}/reset-password", json={"newPassword": "x"}), 10)
         r = await client.post(
             f"{AUTH}/change-password",
             json={"currentPassword": PASSWORD, "newPassword": "a new password"},
             headers={"authorization": f"Bearer {token}"},
         )
-        assert_limited(r, 10)
-        # The reset link (a GET under /reset-password/...) counts there too.
-        assert_limited(await client.get(f"{AUTH}/reset-password/some-token"), 10)
-        # Verification mail and reset mail share the email group (3 per 60 s); the limit
-        # stands in front of the route (which, without SMTP in production, answers 400).
+        assert r.status_code == 200, r.text
+        # The mail routes: 3 per 60 s each; the limit stands in front of the route (which,
+        # without SMTP in production, answers 400).
         for _ in range(3):
             r = await client.post(f"{AUTH}/request-password-reset", json={"email": "nope"})
             assert r.status_code == 400, r.text
-        r = await client.post(f"{AUTH}/send-verification-email", json={"email": "nope"})
+        r = await client.post(f"{AUTH}/request-password-reset", json={"email": "nope"})
         assert_limited(r, 60)
+        r = await client.post(f"{AUTH}/send-verification-email", json={"email": "nope"})
+        assert r.status_code == 400, r.text
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -197,6 +203,7 @@ async def test_limits_can_be_enabled_outside_production(db_url: str) -> None:
         client = client_from("10.0.0.1")
         assert (await client.post(SIGN_IN, json={})).status_code == 422
         assert_limited(await client.post(SIGN_IN, json={}), 60)
+        assert await counters(db_url) == {}  # development counts in memory
 
 
 async def test_the_window_resets(db_url: str) -> None:
@@ -215,6 +222,141 @@ async def test_the_window_resets(db_url: str) -> None:
         # A fresh window: one more allowed, then refused again.
         assert (await client.post(SIGN_IN, json={})).status_code == 422
         assert_limited(await client.post(SIGN_IN, json={}), 1)
+
+
+# --- where the counters live ------------------------------------------------------------
+
+
+async def counters(db_url: str) -> dict[str, int]:
+    rows = await sql(db_url, "SELECT key, count FROM rate_limit")
+    return {r["key"]: r["count"] for r in rows}
+
+
+async def test_outside_development_the_counters_are_in_the_database(db_url: str) -> None:
+    async with limited_app(db_url) as (_, client_from):
+        client = client_from("10.0.0.1")
+        for _ in range(2):
+            await client.post(SIGN_IN, json={})
+        await client.post(SIGN_UP, json={})
+        assert await counters(db_url) == {
+            "10.0.0.1|/sign-in/email": 2,
+            "10.0.0.1|/sign-up/email": 1,
+        }
+        before = await sql(db_url, "SELECT (extract(epoch FROM now()) * 1000)::bigint AS ms")
+        rows = await sql(db_url, "SELECT last_request FROM rate_limit")
+        assert all(abs(r["last_request"] - before[0]["ms"]) < 60_000 for r in rows)  # epoch ms
+
+
+async def test_replicas_count_a_client_together(db_url: str) -> None:
+    """Two apps on one database (two replicas): a client alternating between them gets its
+    429 on the 4th wrong sign-in, not the 7th."""
+    async with limited_app(db_url) as (_, one), limited_app(db_url) as (_, other):
+        replicas = [one("10.0.0.1"), other("10.0.0.1")]
+        codes = [
+            (await wrong_sign_in(replicas[i % 2], "a@example.com")).status_code for i in range(4)
+        ]
+        assert codes == [401, 401, 401, 429], codes
+
+
+async def test_memory_storage_is_per_process(db_url: str) -> None:
+    async with (
+        limited_app(db_url, RATE_LIMIT_STORAGE="memory") as (_, one),
+        limited_app(db_url, RATE_LIMIT_STORAGE="memory") as (_, other),
+    ):
+        replicas = [one("10.0.0.1"), other("10.0.0.1")]
+        codes = [
+            (await wrong_sign_in(replicas[i % 2], "a@example.com")).status_code for i in range(7)
+        ]
+        assert codes == [401] * 6 + [429], codes
+        assert await counters(db_url) == {}
+
+
+def test_invalid_storage_is_refused(db_url: str) -> None:
+    with pytest.raises(ValidationError, match="RATE_LIMIT_STORAGE"):
+        auth_settings(db_url, RATE_LIMIT_STORAGE="redis")
+
+
+async def test_concurrent_requests_are_counted_exactly(db_url: str) -> None:
+    """One upsert per counted request: of 12 requests at once, exactly 3 get through."""
+    async with limited_app(db_url) as (_, one), limited_app(db_url) as (_, other):
+        clients = [one("10.0.0.1"), other("10.0.0.1")]
+        answers = await asyncio.gather(*(clients[i % 2].post(SIGN_IN, json={}) for i in range(12)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [422] * 3 + [429] * 9, codes
+        assert await counters(db_url) == {"10.0.0.1|/sign-in/email": 3}
+
+
+async def test_the_window_runs_from_the_last_counted_request(db_url: str) -> None:
+    """better-auth's rule: a counted request moves `last_request`; a refused one does not,
+    and a row a window old starts again at 1."""
+    async with limited_app(db_url) as (_, client_from):
+        client = client_from("10.0.0.1")
+        for _ in range(3):
+            await client.post(SIGN_IN, json={})
+        key = "10.0.0.1|/sign-in/email"
+        (row,) = await sql(db_url, "SELECT last_request FROM rate_limit WHERE key = $1", key)
+        assert_limited(await client.post(SIGN_IN, json={}), 10)
+        (same,) = await sql(
+            db_url, "SELECT last_request, count FROM rate_limit WHERE key = $1", key
+        )
+        assert (same["last_request"], same["count"]) == (row["last_request"], 3)
+        # As if the last counted request were 10 s ago: the window is over.
+        await sql(db_url, "UPDATE rate_limit SET last_request = last_request - 10000")
+        assert (await client.post(SIGN_IN, json={})).status_code == 422
+        assert await counters(db_url) == {key: 1}
+        # A row written by better-auth (its own id, a count at the limit) is honoured.
+        await sql(
+            db_url,
+            "INSERT INTO rate_limit (id, key, count, last_request) VALUES"
+            " ('ba-row', '10.0.0.9|/sign-in/email', 3, (extract(epoch FROM now()) * 1000)::bigint)",
+        )
+        assert assert_limited(await client_from("10.0.0.9").post(SIGN_IN, json={}), 10) >= 9
+
+
+async def test_old_counters_are_swept(db_url: str) -> None:
+    async with limited_app(db_url) as (_, client_from):
+        now = "(extract(epoch FROM now()) * 1000)::bigint"
+        await sql(
+            db_url,
+            "INSERT INTO rate_limit (id, key, count, last_request) VALUES"
+            f" ('old', '10.0.0.5|/sign-in/email', 3, {now} - 61000),"
+            f" ('recent', '10.0.0.6|/sign-in/email', 3, {now} - 30000)",
+        )
+        # The first counted request of a process starts a sweep (then one a minute at most).
+        await client_from("10.0.0.1").post(SIGN_IN, json={})
+
+        async def swept() -> bool:
+            return "10.0.0.5|/sign-in/email" not in await counters(db_url)
+
+        await poll(swept, "the old counter is swept")
+        assert set(await counters(db_url)) == {"10.0.0.6|/sign-in/email", "10.0.0.1|/sign-in/email"}
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("10.0.0.1", "10.0.0.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),  # IPv4-mapped: the IPv4 address
+        ("2001:DB8::1", "2001:0db8:0000:0000:0000:0000:0000:0000"),  # its /64, in full
+        ("2001:db8:0:0:ffff:1:2:3", "2001:0db8:0000:0000:0000:0000:0000:0000"),
+        ("2001:db8:0:1::1", "2001:0db8:0000:0001:0000:0000:0000:0000"),
+        (None, "no-trusted-ip"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_client_key_is_better_auths(address: str | None, key: str) -> None:
+    assert rate_limit_key(address, "/sign-in/email/") == f"{key}|/sign-in/email"
+
+
+async def test_an_ipv6_client_is_its_64(db_url: str) -> None:
+    async with limited_app(db_url) as (_, client_from):
+        codes = [
+            (await client_from(f"2001:db8::{i}").post(SIGN_IN, json={})).status_code
+            for i in range(1, 5)
+        ]
+        assert codes == [422, 422, 422, 429]
+        r = await client_from("2001:db8:0:1::1").post(SIGN_IN, json={})
+        assert r.status_code == 422  # another /64
 
 
 # --- the same hash work for known and unknown emails ---------------------------------------

@@ -106,9 +106,16 @@ def test_classify(
 # --------------------------------------------------------------------------------------
 async def test_every_upgrade_downgrade_and_stamp_is_recorded(empty_db: str) -> None:
     await migrate.upgrade(PLATFORM, empty_db)
-    assert await history(empty_db) == [("0001", "", "upgrade"), ("0002", "0001", "upgrade")]
+    assert await history(empty_db) == [
+        ("0001", "", "upgrade"),
+        ("0002", "0001", "upgrade"),
+        ("0003", "0002", "upgrade"),
+    ]
     await migrate.downgrade(PLATFORM, empty_db, "0001")
-    assert (await history(empty_db))[-1] == ("0002", "0001", "downgrade")
+    assert (await history(empty_db))[-2:] == [
+        ("0003", "0002", "downgrade"),
+        ("0002", "0001", "downgrade"),
+    ]
     await migrate.stamp(PLATFORM, empty_db, "0002")
     assert (await history(empty_db))[-2:] == [("0001", "", "stamp"), ("0002", "0001", "stamp")]
 
@@ -117,7 +124,7 @@ async def test_a_failed_run_records_nothing(db_url: str, tmp_path: Path) -> None
     broken = f'''
         from alembic import op
 
-        revision = "0003"
+        revision = "broken"
         down_revision = "{PLATFORM_HEAD[0]}"
         branch_labels = None
         depends_on = None
@@ -130,7 +137,7 @@ async def test_a_failed_run_records_nothing(db_url: str, tmp_path: Path) -> None
         def downgrade() -> None:
             pass
     '''
-    tree = copy_tree(PLATFORM, tmp_path, {"0003_broken.py": broken})
+    tree = copy_tree(PLATFORM, tmp_path, {"9999_broken.py": broken})
     before = await history(db_url)
     with pytest.raises(Exception, match="table_that_does_not_exist"):
         await migrate.upgrade(tree, db_url)
@@ -146,17 +153,21 @@ async def test_a_database_from_before_the_history_is_back_filled(
     await conn.execute(f"DROP TABLE {table}")
     await conn.close()
     assert (await run_cli("migrate", database_url=db_url)).returncode == 0
-    assert await history(db_url) == [("0001", "", "backfill"), ("0002", "0001", "backfill")]
+    assert await history(db_url) == [
+        ("0001", "", "backfill"),
+        ("0002", "0001", "backfill"),
+        ("0003", "0002", "backfill"),
+    ]
 
     # ...so that once the next release has migrated it, this one sees it ahead.
     conn = await connect(db_url)
     await conn.execute(f"DROP TABLE {table}")
     await conn.close()
     await migrate.upgrade(next_platform(tmp_path), db_url)
-    assert [row[2] for row in await history(db_url)] == ["backfill", "backfill", "upgrade"]
+    assert [row[2] for row in await history(db_url)] == [*["backfill"] * 3, "upgrade"]
     status = await migrate.tree_status(PLATFORM, db_url)
     assert status.relation is Relation.AHEAD
-    assert status.ahead == ("0003",)
+    assert status.ahead == (f"{int(PLATFORM_HEAD[0]) + 1:04d}",)
 
 
 # --------------------------------------------------------------------------------------

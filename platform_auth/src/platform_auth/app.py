@@ -82,7 +82,12 @@ def create_app(
     ]
     if settings.rate_limits_on:
         middleware.insert(
-            0, Middleware(RateLimitMiddleware, rules=rules_from(settings.rate_limits))
+            0,
+            Middleware(
+                RateLimitMiddleware,
+                rules=rules_from(settings.rate_limits),
+                storage=settings.rate_limit_storage,
+            ),
         )
     return create_kit_app(
         title=title,

@@ -148,13 +148,18 @@ class MailSettings(BaseSettings):
 
 
 class RateLimitSettings(BaseSettings):
-    """Rate limits per client address and route group."""
+    """Rate limits per client address and auth path, the limit set per route group."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    # Kept in each process's memory.
     # None: on, except in development and test (as better-auth).
     rate_limit_enabled: bool | None = Field(default=None, validation_alias="RATE_LIMIT_ENABLED")
+    # Where the counters live: "database" (the platform's rate_limit table, shared by every
+    # replica and worker, and by better-auth apps on the database) or "memory" (each process
+    # its own). None: memory in development, the database elsewhere.
+    rate_limit_storage: Literal["memory", "database"] | None = Field(
+        default=None, validation_alias="RATE_LIMIT_STORAGE"
+    )
     rate_limit_sign_in: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_IN")
     rate_limit_sign_up: str = Field(default="3/10", validation_alias="RATE_LIMIT_SIGN_UP")
     rate_limit_password: str = Field(default="3/10", validation_alias="RATE_LIMIT_PASSWORD")
@@ -200,6 +205,12 @@ class ServiceSettings(Settings):
         if self.auth.auth_url and origin_of(self.auth.auth_url) is None:
             raise ValueError("AUTH_URL must be an http(s) URL such as https://app.example.com")
         return self
+
+    @cached_property
+    def rate_limit_storage(self) -> Literal["memory", "database"]:
+        if self.rate_limits.rate_limit_storage is not None:
+            return self.rate_limits.rate_limit_storage
+        return "memory" if self.auth.environment == "development" else "database"
 
     @cached_property
     def rate_limits_on(self) -> bool:

@@ -1,16 +1,25 @@
-"""The four auth tables, column for column as better-auth 1.7.25 generates them for Drizzle."""
+"""The auth tables, column for column as better-auth 1.7.25 generates them for Drizzle: its four
+tables, and `rate_limit` (its `rateLimit` model, for `rateLimit.storage: "database"`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Column, ForeignKey, Index, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
 from service_kit.metadata import metadata
 from service_kit.types import UTCDateTime, utcnow
 
-__all__ = ["PLATFORM_TABLES", "Account", "Session", "User", "Verification", "metadata"]
+__all__ = [
+    "PLATFORM_TABLES",
+    "Account",
+    "RateLimit",
+    "Session",
+    "User",
+    "Verification",
+    "metadata",
+]
 
 _NOW = text("now()")
 
@@ -91,7 +100,20 @@ class Verification(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_timestamp(server_now=True))
 
 
+class RateLimit(SQLModel, table=True):
+    """One client's counter on one auth path, shared by every replica (and by better-auth
+    apps with `rateLimit.storage: "database"` on this database)."""
+
+    __tablename__ = "rate_limit"
+
+    id: str = Field(sa_column=Column(Text, primary_key=True))
+    key: str = Field(sa_column=_text(unique=True))  # "<ip>|<path>", as better-auth makes it
+    count: int = Field(sa_column=Column(Integer, nullable=False))
+    # Epoch milliseconds of the last counted request (better-auth's `lastRequest`).
+    last_request: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 # The tables the platform's Alembic tree owns; everything else in the database belongs to others.
 PLATFORM_TABLES = frozenset(
-    str(model.__tablename__) for model in (User, Session, Account, Verification)
+    str(model.__tablename__) for model in (User, Session, Account, Verification, RateLimit)
 )

@@ -11,6 +11,8 @@ PLATFORM = MigrationTree(
     version_table="platform_alembic_version",
     owned_tables=PLATFORM_TABLES,
     baseline="0001",  # the four tables exactly as better-auth 1.7.25 creates them
+    # rate_limit (0003) is there only if better-auth ran with database rate limits.
+    baseline_tables=frozenset({"user", "session", "account", "verification"}),
     triggers=(
         ("session", "session_notify_change"),
         ("session", "session_notify_truncate"),

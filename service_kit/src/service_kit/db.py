@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -182,12 +183,24 @@ class Database:
         )
         # Reads run each statement on its own: no BEGIN and COMMIT round trips (except behind
         # a transaction pooler, where a statement outside a transaction is not safe).
-        self.read_sessionmaker = async_sessionmaker(
-            engine if pooled else engine.execution_options(isolation_level="AUTOCOMMIT"),
-            class_=ReadSession,
-            expire_on_commit=False,
-            autoflush=False,
+        self._autocommit = (
+            engine if pooled else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        self.read_sessionmaker = async_sessionmaker(
+            self._autocommit, class_=ReadSession, expire_on_commit=False, autoflush=False
+        )
+
+    @contextlib.asynccontextmanager
+    async def statements(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for statements that are each atomic on their own (an upsert): each
+        commits by itself, in one round trip; behind a transaction pooler, all in one
+        transaction, committed at the end."""
+        if self.pooled:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._autocommit.connect() as conn:
+                yield conn
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -224,7 +224,8 @@ def is_stale_statement(exc: BaseException) -> bool:
     )
 
 
-def _is_unavailable(exc: Exception) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means: out of reach for now (503, retry), not a bug."""
     if not isinstance(exc, DBAPIError):
         return True  # ConnectionError, OSError: the server is out of reach
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
@@ -238,7 +239,7 @@ def _is_unavailable(exc: Exception) -> bool:
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    if not _is_unavailable(exc):
+    if not is_unavailable(exc):
         return await _unhandled(request, exc)
     log.warning(
         "database unavailable during %s %s: %s",

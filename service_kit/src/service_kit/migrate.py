@@ -58,6 +58,8 @@ class MigrationTree:
     # The revision a database made by someone else's tooling already matches (better-auth's
     # schema for the platform): `stamp` with no revision records it, then migrates the rest.
     baseline: str | None = None
+    # The tables the baseline holds (adoption requires them); None: every owned table.
+    baseline_tables: frozenset[str] | None = None
     # (table, trigger) pairs the migrations create and autogenerate cannot see; `check`
     # verifies them, so a database stamped past them is not taken for complete.
     triggers: tuple[tuple[str, str], ...] = ()
@@ -517,7 +519,7 @@ async def adopt(tree: MigrationTree, url: str, *, lock_timeout: float = 300.0) -
                     f"{tree.name}: the database is already at {' '.join(found)}; "
                     f"run `{tree.name} migrate` instead"
                 )
-            names = sorted(tree.owned_tables or ())
+            names = sorted(tree.baseline_tables or tree.owned_tables or ())
             present = (
                 (
                     await conn.execute(

@@ -1,7 +1,8 @@
 // The Drizzle schema better-auth's generator writes for Postgres with snake_case columns:
 // keys are better-auth's field names, column names are exactly those of our tables
-// (platform_db models, created by our migrations, not by this file).
-import { boolean, index, pgTable, text, timestamp } from "drizzle-orm/pg-core";
+// (platform_db models, created by our migrations, not by this file). rateLimit is the model
+// better-auth adds for `rateLimit.storage: "database"`.
+import { bigint, boolean, index, integer, pgTable, text, timestamp } from "drizzle-orm/pg-core";
 
 export const user = pgTable("user", {
   id: text("id").primaryKey(),
@@ -74,3 +75,10 @@ export const verification = pgTable(
   },
   (table) => [index("verification_identifier_idx").on(table.identifier)],
 );
+
+export const rateLimit = pgTable("rate_limit", {
+  id: text("id").primaryKey(),
+  key: text("key").notNull().unique(),
+  count: integer("count").notNull(),
+  lastRequest: bigint("last_request", { mode: "number" }).notNull(),
+});

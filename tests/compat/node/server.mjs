@@ -1,7 +1,8 @@
 // A better-auth server as an app beside our services would run it: the Drizzle adapter on
 // the same Postgres, the same secret, email and password sign-in, the bearer plugin.
 // Env: DATABASE_URL, BETTER_AUTH_SECRET, PORT, TRUSTED_ORIGINS (comma-separated),
-// SECURE_COOKIES ("1" for __Secure- cookies). Prints one JSON line when it listens.
+// SECURE_COOKIES ("1" for __Secure- cookies), RATE_LIMITS ("database": better-auth's default
+// rules, counted in the rate_limit table). Prints one JSON line when it listens.
 import { createServer } from "node:http";
 
 import { betterAuth } from "better-auth";
@@ -31,7 +32,10 @@ export const auth = betterAuth({
   emailAndPassword: { enabled: true },
   trustedOrigins: (process.env.TRUSTED_ORIGINS ?? "").split(",").filter(Boolean),
   plugins: [bearer()],
-  rateLimit: { enabled: false },
+  rateLimit:
+    process.env.RATE_LIMITS === "database"
+      ? { enabled: true, storage: "database" }
+      : { enabled: false },
   telemetry: { enabled: false },
   advanced: { useSecureCookies: process.env.SECURE_COOKIES === "1" },
 });
