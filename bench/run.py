@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench import floor, profile, seed
+from bench import betterauth, chart, floor, profile, seed
 from bench.load import Req, Result, run_wrk, wrk_path, wrk_version
 from bench.procs import (
     Cores,
@@ -57,6 +57,8 @@ from service_kit import migrate
 from web.app import TREE as WEB_TREE
 
 REPO = Path(__file__).resolve().parent.parent
+# The service's own default (platform_auth.settings.AuthSettings.password_hash_concurrency).
+DEFAULT_HASH_CONCURRENCY = max(2, os.cpu_count() or 2)
 BIN = Path(sys.executable).parent
 DB_NAME = "bench"
 
@@ -80,10 +82,18 @@ _SETTING_PREFIXES = (
 
 LIST, GET, POST, PATCH = "GET /todos", "GET /todos/{id}", "POST /todos", "PATCH /todos/{id}"
 SIGN_IN = "POST /api/auth/sign-in/email"
+GET_SESSION = "GET /api/auth/get-session"
 TODO_ROUTES = (LIST, GET, POST, PATCH)
+AUTH_ROUTES = (GET_SESSION, SIGN_IN)
 PAGE = 20
-RATIO_TARGET = 0.5
+RATIO_TARGET = 0.5  # ours / the floor, on every todo route, by req/s and by CPU per request
+TAIL_TARGET = 2.0  # our p99 / the floor's p99, at most
+# Ours / better-auth's own server, at least: get-session (a cache hit for us, a query for it)
+# and sign-in (scrypt-bound on both).
+BETTER_AUTH_TARGETS = {GET_SESSION: 3.0, SIGN_IN: 1.0}
+RSS_TARGET_MIB = 100  # one worker's peak RSS under the todo-route benchmark, below
 GROWTH_TARGET = 1.5
+FLOOR, BETTER_AUTH = "floor", "better-auth"
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,21 @@ class Measured:
     route: str
     impl: str
     result: Result
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    route: str
+    against: str  # the floor, or better-auth
+    ours: Result
+    theirs: Result | None
+    ratio: float | None  # ours / theirs, by requests per second
+    target: str
+    met: bool | None  # None: not measured
+
+
+def _yes(met: bool | None) -> str:
+    return "-" if met is None else ("yes" if met else "**no**")
 
 
 @dataclass
@@ -217,6 +242,64 @@ class Report:
         if one and POOLED in got:
             out["through PgBouncer / direct (1 worker)"] = got[POOLED] / one
         return out
+
+    def summary(self) -> list[SummaryRow]:
+        """One row per target of the run: each todo route against the floor (throughput, CPU
+        per request, p99), each auth route against better-auth, the worker's peak RSS."""
+        rows: list[SummaryRow] = []
+        for route in TODO_ROUTES:
+            ours, base = self.find(route, "ours"), self.find(route, FLOOR)
+            if ours is None or base is None or not base.rps or not ours.server_ms:
+                continue
+            ratio, per_cpu = ours.rps / base.rps, base.server_ms / ours.server_ms
+            tail = ours.p99_ms / base.p99_ms if base.p99_ms else float("inf")
+            met = ratio >= RATIO_TARGET and per_cpu >= RATIO_TARGET and tail <= TAIL_TARGET
+            rows.append(
+                SummaryRow(
+                    route,
+                    FLOOR,
+                    ours,
+                    base,
+                    ratio,
+                    f"req/s and CPU/req >= {RATIO_TARGET} ({per_cpu:.2f} per CPU), "
+                    f"p99 <= {TAIL_TARGET}x ({tail:.2f}x)",
+                    met,
+                )
+            )
+        for route, target in BETTER_AUTH_TARGETS.items():
+            ours, base = self.find(route, "ours"), self.find(route, BETTER_AUTH)
+            if ours is None:
+                continue
+            if base is None or not base.rps:
+                rows.append(SummaryRow(route, BETTER_AUTH, ours, None, None, "not measured", None))
+                continue
+            ratio = ours.rps / base.rps
+            rows.append(
+                SummaryRow(route, BETTER_AUTH, ours, base, ratio, f">= {target}", ratio >= target)
+            )
+        return rows
+
+    def chart(self) -> str:
+        """The SVG of this run: every route measured against a baseline, with its baseline."""
+        routes = (*TODO_ROUTES, *AUTH_ROUTES)
+        bars = [
+            chart.Bar(m.route, m.impl, m.result.rps, m.result.p99_ms)
+            for route in routes
+            for m in self.routes
+            if m.route == route
+        ]
+        machine = self.machine.get("machine", "")
+        subtitle = f"{self.machine.get('code', '')}; {machine}; wrk {self.config.connections} "
+        subtitle += f"connections, {self.config.seconds} s per run; `{self.command}`"
+        return chart.svg(
+            bars,
+            "Ours beside the raw floor and better-auth 1.7.25 (each route to its own scale)",
+            subtitle,
+        )
+
+    def rss_met(self) -> bool | None:
+        peak = self.memory.get("under_load_kib")
+        return None if peak is None else peak / 1024 < RSS_TARGET_MIB
 
     def errors(self) -> int:
         return (
@@ -299,6 +382,7 @@ class Report:
             )
         if self.profile:
             out += ["", "## Profile", "", *self.profile]
+        out += ["", "## Summary", "", *self.summary_markdown()]
         notes = list(self.notes)
         if self.starved:
             notes.insert(
@@ -310,6 +394,29 @@ class Report:
         if notes:
             out += ["", "## Notes", ""]
             out += [f"- {n}" for n in notes]
+        return out
+
+    def summary_markdown(self) -> list[str]:
+        out = [
+            "| route | against | ours req/s | theirs req/s | ratio | ours p50 / p99 ms "
+            "| theirs p50 / p99 ms | target | met |",
+            "|---|---|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for r in self.summary():
+            theirs = f"{r.theirs.rps:,.0f}" if r.theirs else "-"
+            theirs_lat = f"{r.theirs.p50_ms:.2f} / {r.theirs.p99_ms:.2f}" if r.theirs else "-"
+            ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+            out.append(
+                f"| {r.route} | {r.against} | {r.ours.rps:,.0f} | {theirs} | {ratio} | "
+                f"{r.ours.p50_ms:.2f} / {r.ours.p99_ms:.2f} | {theirs_lat} | {r.target} | "
+                f"{_yes(r.met)} |"
+            )
+        peak = self.memory.get("under_load_kib")
+        if peak is not None:
+            out.append(
+                f"| peak RSS, todo routes | - | {peak / 1024:.0f} MiB | - | - | - | - | "
+                f"< {RSS_TARGET_MIB} MiB | {_yes(self.rss_met())} |"
+            )
         return out
 
     def as_json(self) -> dict[str, Any]:
@@ -336,6 +443,21 @@ class Report:
             "profile": self.profile,
             "notes": self.notes,
             "errors": self.errors(),
+            "summary": [
+                {
+                    "route": r.route,
+                    "against": r.against,
+                    "ours_rps": r.ours.rps,
+                    "theirs_rps": r.theirs.rps if r.theirs else None,
+                    "ratio": r.ratio,
+                    "ours_p99_ms": r.ours.p99_ms,
+                    "theirs_p99_ms": r.theirs.p99_ms if r.theirs else None,
+                    "target": r.target,
+                    "met": r.met,
+                }
+                for r in self.summary()
+            ],
+            "rss_met": self.rss_met(),
         }
 
 
@@ -422,19 +544,18 @@ def code_version() -> str:
 
 
 def service_env(database_url: str, config: Config, secret: str) -> dict[str, str]:
+    """The service as it is deployed: production defaults (access log on, pool 10 + 10), only
+    the database and the secret set, and rate limits off, so that sign-in can be measured
+    from one client address (the todo routes have no limits either way)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
     env.update(
         DATABASE_URL=database_url,
         AUTH_SECRET=secret,
-        ENVIRONMENT="production",
         RATE_LIMIT_ENABLED="false",
-        ACCESS_LOG="0",
-        LOG_LEVEL="warning",
-        DB_POOL_SIZE=str(config.pool_size),
-        DB_MAX_OVERFLOW="0",
-        PASSWORD_HASH_CONCURRENCY=str(config.hash_concurrency),
         PYTHONUNBUFFERED="1",
     )
+    if config.hash_concurrency != DEFAULT_HASH_CONCURRENCY:
+        env["PASSWORD_HASH_CONCURRENCY"] = str(config.hash_concurrency)
     return env
 
 
@@ -672,24 +793,40 @@ def run(config: Config, command: str) -> Report:
         stack.callback(ours.stop)
         base_floor = Server(
             "floor",
-            [sys.executable, "-m", "bench.floor", "--port", str(floor_port)],
+            [
+                sys.executable,
+                *("-m", "bench.floor", "--port", str(floor_port)),
+                *("--pool-size", str(config.pool_size)),
+            ],
             {**env, "PYTHONPATH": str(REPO)},
             floor_port,
             tmp / "floor.log",
             cores.server,
         )
         stack.callback(base_floor.stop)
+        servers = [ours, base_floor]
+        why_not = betterauth.unavailable()
+        ba = None
+        if why_not is None:
+            log("starting better-auth's own server (Node) on the same database")
+            ba = betterauth.start(url, secret, config.pool_size, tmp / "ba.log", cores.server)
+            stack.callback(ba.stop)
+            servers.append(ba)
+        else:
+            report.notes.append(why_not)
         try:
             ours.wait_ready("/readyz")
             base_floor.wait_ready("/healthz")
+            if ba is not None:
+                ba.wait_ready("/api/auth/ok")
             reqs = steps(
-                report, config, run_db, ours, base_floor, users, caller, other_ids, pg_pid, base
+                report, config, run_db, ours, base_floor, ba, users, caller, other_ids, pg_pid, base
             )
-            ours.stop()
-            base_floor.stop()
+            for server in servers:
+                server.stop()
             scale_out(report, config, env, tmp, reqs, pg_pid, pg.url(), url)
         except BaseException:
-            for server in (ours, base_floor):
+            for server in servers:
                 log(f"{server.name} log (tail):\n{server.output()}")
             raise
     report.notes.append(f"The whole run took {time.monotonic() - started:.0f} s.")
@@ -702,6 +839,7 @@ def steps(
     run_db: Callable[[Any], Any],
     ours: Server,
     base_floor: Server,
+    ba: Server | None,
     users: list[seed.BenchUser],
     caller: seed.BenchUser,
     other_ids: list[str],
@@ -775,23 +913,7 @@ def steps(
         f"{burst['burst_failures']} of {config.burst} failed"
     )
 
-    log("sign-in")
-    sign_in_reqs = [
-        Req("POST", "/api/auth/sign-in/email", None, json.dumps(credentials(e))) for e in emails
-    ]
-    res = measure(
-        report,
-        SIGN_IN,
-        "ours",
-        ours,
-        sign_in_reqs,
-        connections=config.signin_connections,
-        pg_pid=pg_pid,
-        seconds=max(config.seconds, 2),
-        warmup=0,
-        timeout=60,
-    )
-    report.routes.append(Measured(SIGN_IN, "ours", res))
+    auth_routes(report, config, ours, ba, users, pg_pid)
 
     with_cursor = run_db(lambda c: seed.count_todos(c, caller.id))
     log(f"growing the table to {config.large_total:,} todos ({config.large_caller:,} the caller's)")
@@ -894,6 +1016,43 @@ def profile_list(config: Config, ours: Server, reqs: Sequence[Req]) -> list[str]
     return profile.report(profile.summarise(raw))
 
 
+def auth_routes(
+    report: Report,
+    config: Config,
+    ours: Server,
+    ba: Server | None,
+    users: list[seed.BenchUser],
+    pg_pid: int,
+) -> None:
+    """get-session and sign-in, on ours and on better-auth's own server: the same users."""
+    log("auth routes: ours beside better-auth" if ba else "auth routes: ours")
+    reqs = {
+        GET_SESSION: [Req("GET", "/api/auth/get-session", u.token) for u in users],
+        SIGN_IN: [
+            Req("POST", "/api/auth/sign-in/email", None, json.dumps(credentials(u.email)))
+            for u in users
+        ],
+    }
+    for route in AUTH_ROUTES:
+        signing_in = route == SIGN_IN
+        for impl, server in (("ours", ours), (BETTER_AUTH, ba)):
+            if server is None:
+                continue
+            res = measure(
+                report,
+                route,
+                impl,
+                server,
+                reqs[route],
+                connections=config.signin_connections if signing_in else config.connections,
+                pg_pid=pg_pid,
+                seconds=max(config.seconds, 2) if signing_in else config.seconds,
+                warmup=0 if signing_in else config.warmup,
+                timeout=60,
+            )
+            report.routes.append(Measured(route, impl, res))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=(__doc__ or "").split("\n\n")[0]
@@ -906,8 +1065,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--hash-concurrency",
         type=int,
-        default=max(2, os.cpu_count() or 2),
-        help="PASSWORD_HASH_CONCURRENCY of the service",
+        default=DEFAULT_HASH_CONCURRENCY,
+        help="PASSWORD_HASH_CONCURRENCY of the service (default: the service's own)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--profile", action="store_true", help="profile GET /todos with py-spy")
@@ -915,6 +1074,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--profile-raw", type=Path, help="with --profile: keep py-spy's collapsed stacks here"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        help="write the chart (SVG) here; default: docs/benchmarks.svg in a full run, none in "
+        "a quick one",
+    )
     args = parser.parse_args(argv)
     # Stopped with SIGTERM: unwind, so the servers and Postgres this run started stop too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -924,6 +1089,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n".join(report.markdown()), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n")
+    chart_path = args.chart or (None if config.quick else REPO / "docs" / "benchmarks.svg")
+    if chart_path is not None:
+        chart_path.write_text(report.chart())
+        log(f"chart written to {chart_path}")
     failures = report.errors() + int(report.memory.get("burst_failures", 0))
     if failures:
         print(f"\n{failures} requests failed", file=sys.stderr)

@@ -1,51 +1,19 @@
-"""Node projects under tests/ (a package.json and its package-lock.json), installed once.
-
-`npm ci` runs only when package.json or package-lock.json changed since the last install in
-that directory; a file lock keeps two test runs from installing at once.
-"""
+"""Node projects under tests/, installed once (platform_dev.npm); a failed install fails."""
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from platform_dev.npm import NpmError, node_missing, npm_ci
 
-def node_missing() -> bool:
-    return shutil.which("node") is None or shutil.which("npm") is None
-
-
-def _lock_digest(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((directory / name).read_bytes())
-    return digest.hexdigest()
+__all__ = ["installed", "node_missing"]
 
 
 def installed(directory: Path) -> Path:
     """`directory` with its locked packages installed (`npm ci`, skipped when up to date)."""
-    stamp = directory / "node_modules" / ".installed-from-lock"
-    wanted = _lock_digest(directory)
-    lock_path = (
-        Path(tempfile.gettempdir())
-        / f"npm-ci-{hashlib.sha256(bytes(directory)).hexdigest()[:16]}.lock"
-    )
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (stamp.exists() and stamp.read_text() == wanted):
-            result = subprocess.run(
-                ["npm", "ci", "--no-audit", "--no-fund"],
-                cwd=directory,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if result.returncode != 0:
-                pytest.fail(f"npm ci in {directory.name} failed:\n{result.stdout}\n{result.stderr}")
-            stamp.write_text(wanted)
-    return directory
+    try:
+        return npm_ci(directory)
+    except NpmError as exc:
+        pytest.fail(str(exc))

@@ -9,13 +9,16 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
+from tests.npm import node_missing
 
 TODO_ROUTES = ("GET /todos", "GET /todos/{id}", "POST /todos", "PATCH /todos/{id}")
 SIGN_IN = "POST /api/auth/sign-in/email"
+GET_SESSION = "GET /api/auth/get-session"
 RUN_TIMEOUT = 200  # seconds; the quick mode takes well under a minute on a quiet machine
 GROWTH_ROUTES = ("GET /todos first page", "GET /todos after deep cursor", "GET /todos/{id}")
 
@@ -23,7 +26,8 @@ GROWTH_ROUTES = ("GET /todos first page", "GET /todos after deep cursor", "GET /
 def run_quick(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    args = [sys.executable, "-m", "bench", "--quick", "--json", str(out)]
+    chart = tmp_path / "bench.svg"
+    args = [sys.executable, "-m", "bench", "--quick", "--json", str(out), "--chart", str(chart)]
     with subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as child:
@@ -46,7 +50,10 @@ def test_quick_mode_measures_every_route_without_errors(tmp_path: Path) -> None:
 
     measured = {(r["route"], r["impl"]): r for r in data["routes"]}
     expected = {(route, impl) for route in TODO_ROUTES for impl in ("ours", "floor")}
-    assert set(measured) == expected | {(SIGN_IN, "ours")}
+    # better-auth's own server beside ours on the auth routes, where Node is (.ci/run has it).
+    auth_impls = ("ours",) if node_missing() else ("ours", "better-auth")
+    expected |= {(route, impl) for route in (GET_SESSION, SIGN_IN) for impl in auth_impls}
+    assert set(measured) == expected
     for key, r in measured.items():
         assert r["requests"] > 0, key
         assert r["errors"] == 0, (key, r["error_detail"])
@@ -93,3 +100,26 @@ def test_quick_mode_measures_every_route_without_errors(tmp_path: Path) -> None:
     }
     assert "scale 2 workers / 1 worker: " in proc.stdout
     assert data["errors"] == 0
+
+    # One summary table: every todo route against the floor, the auth routes against
+    # better-auth, the peak RSS; and the chart of the same run.
+    summary = {(r["route"], r["against"]): r for r in data["summary"]}
+    assert set(summary) == {(route, "floor") for route in TODO_ROUTES} | {
+        (GET_SESSION, "better-auth"),
+        (SIGN_IN, "better-auth"),
+    }
+    for key, row in summary.items():
+        measured_against = key[0] not in (GET_SESSION, SIGN_IN) or not node_missing()
+        assert (row["met"] is not None) == measured_against, key
+        assert row["ours_rps"] == measured[(key[0], "ours")]["rps"], key
+    assert isinstance(data["rss_met"], bool)
+    table = proc.stdout.split("## Summary", 1)[1]
+    for route in (*TODO_ROUTES, GET_SESSION, SIGN_IN, "peak RSS, todo routes"):
+        assert f"| {route} |" in table, route
+    drawn = ET.parse(tmp_path / "bench.svg").getroot()  # noqa: S314 (the run's own file)
+    assert drawn.tag == "{http://www.w3.org/2000/svg}svg"
+    titles = [t.text or "" for t in drawn.iter("{http://www.w3.org/2000/svg}title")]
+    # A bar per route and implementation, in each of the two panels.
+    assert len(titles) == 2 * len(measured)
+    for route, impl in measured:
+        assert any(t.startswith(f"{route}, {impl}: ") for t in titles), (route, impl)

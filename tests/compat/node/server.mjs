@@ -2,7 +2,8 @@
 // the same Postgres, the same secret, email and password sign-in, the bearer plugin.
 // Env: DATABASE_URL, BETTER_AUTH_SECRET, PORT, TRUSTED_ORIGINS (comma-separated),
 // SECURE_COOKIES ("1" for __Secure- cookies), RATE_LIMITS ("database": better-auth's default
-// rules, counted in the rate_limit table). Prints one JSON line when it listens.
+// rules, counted in the rate_limit table), POOL_SIZE (database connections, default 5; the
+// benchmark gives it as many as our service). Prints one JSON line when it listens.
 import { createServer } from "node:http";
 
 import { betterAuth } from "better-auth";
@@ -22,7 +23,10 @@ const env = (name) => {
 
 const port = Number(env("PORT"));
 const baseURL = `http://127.0.0.1:${port}`;
-const pool = new pg.Pool({ connectionString: env("DATABASE_URL"), max: 5 });
+const pool = new pg.Pool({
+  connectionString: env("DATABASE_URL"),
+  max: Number(process.env.POOL_SIZE ?? "5"),
+});
 const db = drizzle(pool, { schema });
 
 export const auth = betterAuth({
