@@ -13,6 +13,9 @@ _WS = r" \t\n\r\f\v"
 _PART = rf"[^{_WS}@\x00]+"
 EMAIL_DOC: JsonDict = {"maxLength": 254, "pattern": rf"^[{_WS}]*{_PART}@{_PART}\.{_PART}[{_WS}]*$"}
 NEW_PASSWORD_DOC: JsonDict = {"minLength": 8, "maxLength": 128}
+# What the user row stores: Postgres text holds no NUL, so one is a validation error (422),
+# not a database error.
+_STORABLE = r"^[^\x00]*$"
 
 
 class _Input(ApiModel):
@@ -42,10 +45,10 @@ class SessionRead(ApiModel):
 
 
 class SignUpEmail(_Input):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=_STORABLE)
     email: str = Field(max_length=320, json_schema_extra=EMAIL_DOC)
     password: str = Field(max_length=4096, json_schema_extra=NEW_PASSWORD_DOC)
-    image: str | None = Field(default=None, max_length=2048)
+    image: str | None = Field(default=None, max_length=2048, pattern=_STORABLE)
     callback_url: str | None = Field(default=None, alias="callbackURL", max_length=2048)
     remember_me: bool = True
 
