@@ -26,6 +26,10 @@ from service_kit.migrate import MigrationTree
 from service_kit.service import ServiceDefinition
 from service_kit.state import kit_state
 
+# The mailed reset link, /api/auth/reset-password/<token>: the access log redacts the token
+# where no route template stands in for the path.
+SECRET_PATH_SEGMENTS = ("reset-password",)
+
 
 def create_app(
     *,
@@ -101,6 +105,7 @@ def create_app(
         lifespan=lifespan,
         host_patterns=auth.host_patterns,
         private_paths=("/api/auth",),
+        secret_path_segments=SECRET_PATH_SEGMENTS,
     )
 
 
@@ -120,6 +125,4 @@ def auth_service(
         load_settings=load_settings,
         default_port=default_port,
         description=description,
-        # The mailed reset link: /api/auth/reset-password/<token>
-        secret_path_segments=("reset-password",),
     )

@@ -3,6 +3,7 @@ middleware, typed state. What a service adds (auth, its routes) comes in as argu
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -10,7 +11,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
+from service_kit.access_log import AccessLogMiddleware
 from service_kit.db import Database, create_engine, keeps_session
 from service_kit.errors import install_error_handlers
 from service_kit.health import router as health_router
@@ -48,6 +51,26 @@ async def _pooled(settings: DatabaseSettings) -> bool:
     return True
 
 
+def _outermost_access_log(app: FastAPI, *, enabled: bool, secret_paths: tuple[str, ...]) -> None:
+    """Put the request id and the access log around everything, Starlette's error middleware
+    included (add_middleware puts it inside that): a 500 has its id and its line too."""
+    build = app.build_middleware_stack
+
+    def build_with_access_log() -> ASGIApp:
+        return AccessLogMiddleware(build(), enabled=enabled, secret_path_segments=secret_paths)
+
+    # Starlette builds the stack on the first request by calling this attribute.
+    app.build_middleware_stack = build_with_access_log  # type: ignore[method-assign]
+
+
+def freeze_startup_heap() -> None:
+    """Move what start-up built (modules, routes, models, compiled statements, the pool) out
+    of the garbage collector's reach: it lives as long as the process, yet every full
+    collection would walk all of it, a pause every request in flight waits for."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     *,
     title: str,
@@ -58,6 +81,7 @@ def create_app(
     lifespan: Lifespan | None = None,
     host_patterns: frozenset[str] = frozenset({"*"}),
     private_paths: tuple[str, ...] = (),
+    secret_path_segments: tuple[str, ...] = (),
     description: str = "",
     version: str = "0.1.0",
 ) -> FastAPI:
@@ -65,7 +89,8 @@ def create_app(
 
     `middleware` (outermost first) runs inside the kit's own (host check, body limit,
     security headers), so its answers get the same headers; `lifespan` runs once the
-    database is open.
+    database is open. `secret_path_segments`: path segments followed by a single-use token,
+    which the access log redacts where no route template stands in for the path.
     """
     state = KitState(trees=tuple(trees))
 
@@ -75,6 +100,7 @@ def create_app(
         state.database = Database(create_engine(settings.database, pooled=pooled), pooled=pooled)
         try:
             async with lifespan(app) if lifespan else nullcontext():
+                freeze_startup_heap()
                 yield
         finally:
             await state.database.dispose()
@@ -90,6 +116,9 @@ def create_app(
         swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.kit = state
+    _outermost_access_log(
+        app, enabled=settings.server.access_log, secret_paths=secret_path_segments
+    )
     install_error_handlers(app)
     for layer in reversed(middleware):  # add_middleware puts each outside the ones before it
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
@@ -99,7 +128,6 @@ def create_app(
         patterns=host_patterns,
         exempt_paths=frozenset({"/healthz", "/readyz"}),
     )
-    # Added last, so outermost: the answers of the middleware above get the headers too.
     app.add_middleware(
         SecurityHeadersMiddleware,
         docs_paths=("/docs", "/static-offline-docs"),

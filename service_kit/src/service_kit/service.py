@@ -7,9 +7,8 @@ import asyncio
 import copy
 import logging
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service_kit import migrate
+from service_kit.access_log import ACCESS_LOGGER, RequestIdFilter
 from service_kit.cli import main_for, subcommands
 from service_kit.http_server import BoundedHttpToolsProtocol
 from service_kit.migrate import MigrationError, MigrationTree
@@ -36,9 +36,6 @@ class ServiceDefinition:
     load_settings: Callable[[], Settings]
     default_port: int
     description: str = ""
-    # Path segments after which a URL carries a single-use token (a mailed link's
-    # `/reset-password/<token>`): the access log writes `[redacted]` instead.
-    secret_path_segments: tuple[str, ...] = ()
 
 
 def load(read: Callable[[], T], what: str = "settings") -> T:
@@ -55,40 +52,28 @@ def load(read: Callable[[], T], what: str = "settings") -> T:
         raise MigrationError(f"invalid or missing {what}: {problems}") from None
 
 
-class RedactTokens(logging.Filter):
-    """uvicorn's access log writes each request line, so the tokens of mailed links too."""
-
-    def __init__(self, secret_path_segments: Sequence[str] = ()) -> None:
-        super().__init__()
-        # A `?token=` (or `&token=`) value anywhere, and the segment after each named one.
-        paths = "|".join(re.escape(f"/{segment}/") for segment in secret_path_segments)
-        pattern = (
-            rf"({paths})[^/?#\s]+|([?&]token=)[^&#\s]+" if paths else r"()([?&]token=)[^&#\s]+"
-        )
-        self._secret = re.compile(pattern)
-
-    def redact(self, path: str) -> str:
-        return self._secret.sub(lambda m: f"{m.group(1) or m.group(2)}[redacted]", path)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        # uvicorn.access: (client, method, path with query string, http version, status)
-        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            record.args = (args[0], args[1], self.redact(args[2]), args[3], args[4])
-        return True
-
-
-def _log_config(service: ServiceDefinition) -> dict[str, object]:
+def _log_config(service: ServiceDefinition, level: str) -> dict[str, object]:
+    """uvicorn's logging, plus the kit's access log (uvicorn's own is off: the kit's names the
+    route, not the path) with the request id on its lines."""
     from uvicorn.config import LOGGING_CONFIG
 
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {
-        "redact_tokens": {
-            "()": RedactTokens,
-            "secret_path_segments": service.secret_path_segments,
-        }
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": RequestIdFilter}}
+    config["formatters"]["kit_access"] = {
+        "()": "uvicorn.logging.DefaultFormatter",
+        "fmt": "%(levelprefix)s %(message)s request_id=%(request_id)s",
     }
-    config["handlers"]["access"]["filters"] = ["redact_tokens"]
+    config["handlers"]["kit_access"] = {
+        "formatter": "kit_access",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+        "filters": ["request_id"],
+    }
+    config["loggers"][ACCESS_LOGGER] = {
+        "handlers": ["kit_access"],
+        "level": level.upper(),
+        "propagate": False,
+    }
     return config
 
 
@@ -139,8 +124,8 @@ def serve(service: ServiceDefinition, host: str, port: int, workers: int | None 
         log_level=server.log_level,
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
-        access_log=server.access_log,
-        log_config=_log_config(service),
+        access_log=False,  # the app's own (ACCESS_LOG), service_kit.access_log
+        log_config=_log_config(service, server.log_level),
     )
     return 0
 
