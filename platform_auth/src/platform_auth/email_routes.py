@@ -50,7 +50,7 @@ from platform_db.models import User
 from service_kit.db import Database
 from service_kit.errors import AppError
 from service_kit.state import kit_state
-from service_kit.transaction import WriteDb
+from service_kit.transaction import WriteOrm
 from service_kit.urls import Redirect, RedirectTarget
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _fail(error: type[AppError], callback: RedirectTarget | None) -> Redirect:
 )
 async def verify_email(
     request: Request,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     cache: Cache,
     token: Annotated[str, Query(max_length=4096)],
@@ -260,7 +260,7 @@ async def request_password_reset(
 async def reset_password_link(
     token: str,
     request: Request,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     callback_url: Annotated[str | None, Query(alias="callbackURL", max_length=2048)] = None,
 ) -> ResetToken | Redirect:
@@ -279,7 +279,7 @@ async def reset_password_link(
 )
 async def reset_password(
     body: ResetPassword,
-    db: WriteDb,
+    db: WriteOrm,
     hasher: Hasher,
     cache: Cache,
     token_query: Annotated[str | None, Query(alias="token", max_length=512)] = None,

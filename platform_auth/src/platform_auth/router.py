@@ -55,7 +55,7 @@ from platform_auth.sessions import SessionPolicy, create_session, revoke_session
 from platform_auth.tokens import generate_id
 from platform_db.models import Account, User
 from service_kit.errors import error_response
-from service_kit.transaction import WriteDb
+from service_kit.transaction import WriteOrm
 from service_kit.types import utcnow
 
 __all__ = [
@@ -79,7 +79,7 @@ async def sign_up_email(
     request: Request,
     response: Response,
     background: BackgroundTasks,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     hasher: Hasher,
     mailer: MailerDep,
@@ -125,7 +125,7 @@ async def sign_in_email(
     request: Request,
     response: Response,
     background: BackgroundTasks,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     hasher: Hasher,
     mailer: MailerDep,
@@ -184,7 +184,7 @@ OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
 async def sign_out(
     request: Request,
     response: Response,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cache: Cache,

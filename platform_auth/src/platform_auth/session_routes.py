@@ -32,13 +32,13 @@ from platform_auth.sessions import (
     revoke_user_session,
     revoke_user_sessions,
 )
-from service_kit.transaction import ReadDb, WriteDb
+from service_kit.transaction import ReadOrm, WriteOrm
 
 router = APIRouter()
 
 
 @router.get("/list-sessions", response_model=list[SessionRead])
-async def list_my_sessions(ctx: CurrentSession, db: ReadDb) -> list[SessionRead]:
+async def list_my_sessions(ctx: CurrentSession, db: ReadOrm) -> list[SessionRead]:
     """The signed-in user's active sessions, on every device, newest first."""
     return [SessionRead.model_validate(s) for s in await list_sessions(db, ctx.user.id)]
 
@@ -47,7 +47,7 @@ async def list_my_sessions(ctx: CurrentSession, db: ReadDb) -> list[SessionRead]
 async def revoke_one_session(
     body: RevokeSession,
     ctx: CurrentSession,
-    db: WriteDb,
+    db: WriteOrm,
     response: Response,
     settings: Settings,
     cache: Cache,
@@ -61,7 +61,7 @@ async def revoke_one_session(
 
 @router.post("/revoke-sessions", response_model=Status)
 async def revoke_all_sessions(
-    ctx: CurrentSession, db: WriteDb, response: Response, settings: Settings, cache: Cache
+    ctx: CurrentSession, db: WriteOrm, response: Response, settings: Settings, cache: Cache
 ) -> Status:
     """End every session of the signed-in user, this one included."""
     await revoke_user_sessions(db, ctx.user.id, cache=cache)
@@ -70,7 +70,7 @@ async def revoke_all_sessions(
 
 
 @router.post("/revoke-other-sessions", response_model=Status)
-async def revoke_other_sessions(ctx: CurrentSession, db: WriteDb, cache: Cache) -> Status:
+async def revoke_other_sessions(ctx: CurrentSession, db: WriteOrm, cache: Cache) -> Status:
     """End every session of the signed-in user except this one."""
     await revoke_user_sessions(db, ctx.user.id, keep_token=ctx.session.token, cache=cache)
     return Status(status=True)
@@ -85,7 +85,7 @@ async def change_password(
     ctx: CurrentSession,
     request: Request,
     response: Response,
-    db: WriteDb,
+    db: WriteOrm,
     settings: Settings,
     hasher: Hasher,
     cache: Cache,

@@ -183,11 +183,11 @@ class Database:
         )
         # Reads run each statement on its own: no BEGIN and COMMIT round trips (except behind
         # a transaction pooler, where a statement outside a transaction is not safe).
-        self._autocommit = (
+        self.autocommit_engine = (
             engine if pooled else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self.read_sessionmaker = async_sessionmaker(
-            self._autocommit, class_=ReadSession, expire_on_commit=False, autoflush=False
+            self.autocommit_engine, class_=ReadSession, expire_on_commit=False, autoflush=False
         )
 
     @contextlib.asynccontextmanager
@@ -199,7 +199,7 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
         else:
-            async with self._autocommit.connect() as conn:
+            async with self.autocommit_engine.connect() as conn:
                 yield conn
 
     async def dispose(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -115,6 +114,8 @@ _HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+_HSTS = [(b"strict-transport-security", b"max-age=31536000")]
+_NO_STORE = (b"cache-control", b"private, no-store")
 # JSON never needs to run or embed anything.
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 # Swagger UI: its files come from this service; its bootstrap script is inline.
@@ -129,13 +130,21 @@ class SecurityHeadersMiddleware:
         self, app: ASGIApp, *, docs_paths: tuple[str, ...], private_paths: tuple[str, ...] = ()
     ) -> None:
         self.app, self.docs_paths, self.private_paths = app, docs_paths, private_paths
+        # Built once: every answer gets one of these lists appended as it is.
+        api = [*_HEADERS, (b"content-security-policy", _API_CSP)]
+        docs = [*_HEADERS, (b"content-security-policy", _DOCS_CSP)]
+        self._added = {
+            (csp_docs, https): [*(docs if csp_docs else api), *(_HSTS if https else [])]
+            for csp_docs in (False, True)
+            for https in (False, True)
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        csp = _DOCS_CSP if path.startswith(self.docs_paths) else _API_CSP
+        added = self._added[path.startswith(self.docs_paths), scope.get("scheme") == "https"]
         # Answers to a request carrying credentials are the user's own: no shared cache may
         # keep them, and no cache at all may keep what `private_paths` answer (tokens).
         private = path.startswith(self.private_paths) or any(
@@ -144,14 +153,12 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in _HEADERS:
-                    headers.append(name.decode(), value.decode())
-                headers.append("content-security-policy", csp.decode())
-                if scope.get("scheme") == "https":
-                    headers.append("strict-transport-security", "max-age=31536000")
+                headers = list(message.get("headers", ()))
                 if private:
-                    headers["cache-control"] = "private, no-store"
+                    headers = [h for h in headers if h[0].lower() != b"cache-control"]
+                    headers.append(_NO_STORE)
+                headers.extend(added)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

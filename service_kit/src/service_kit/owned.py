@@ -12,11 +12,12 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
     Executable,
+    Result,
     Row,
     Select,
     Table,
@@ -28,9 +29,16 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service_kit.errors import AppError
+
+
+class Executes(Protocol):
+    """What runs the statements: a request's connection (ReadDb, WriteDb) or a session."""
+
+    async def execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None, /
+    ) -> Result[Any]: ...
 
 
 class InvalidCursor(AppError):
@@ -124,17 +132,17 @@ class OwnedTable:
         return dict(zip(self.names, row, strict=True))
 
     async def one(
-        self, db: AsyncSession, stmt: Executable, params: Mapping[str, Any]
+        self, db: Executes, stmt: Executable, params: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """The single row `stmt` returns, as a dict, or None."""
         row = (await db.execute(stmt, dict(params))).first()
         return None if row is None else self.as_dict(row)
 
-    async def created(self, db: AsyncSession, values: Mapping[str, Any]) -> dict[str, Any]:
+    async def created(self, db: Executes, values: Mapping[str, Any]) -> dict[str, Any]:
         """INSERT one row of `values`; the row as stored (defaults filled in)."""
         return self.as_dict((await db.execute(self.insert, dict(values))).one())
 
     async def rows(
-        self, db: AsyncSession, stmt: Executable, params: Mapping[str, Any]
+        self, db: Executes, stmt: Executable, params: Mapping[str, Any]
     ) -> Sequence[dict[str, Any]]:
         return [self.as_dict(r) for r in (await db.execute(stmt, dict(params))).all()]
