@@ -544,7 +544,7 @@ def code_version() -> str:
 
 
 def service_env(database_url: str, config: Config, secret: str) -> dict[str, str]:
-    """The service as it is deployed: production defaults (access log on, pool 10 + 10), only
+    """The service as it is deployed: production defaults (access log on, pool of 20), only
     the database and the secret set, and rate limits off, so that sign-in can be measured
     from one client address (the todo routes have no limits either way)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_PREFIXES)}
