@@ -1053,6 +1053,24 @@ def auth_routes(
             report.routes.append(Measured(route, impl, res))
 
 
+# Options naming where output goes: the report and the chart show the run without them, so
+# no path of the machine that ran it ends up in a committed file.
+_OUTPUT_OPTIONS = ("--json", "--chart", "--profile-raw")
+
+
+def shown_command(args: Sequence[str]) -> str:
+    shown: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _OUTPUT_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in _OUTPUT_OPTIONS)):
+            shown.append(arg)
+    return " ".join(["python -m bench", *shown])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=(__doc__ or "").split("\n\n")[0]
@@ -1084,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Stopped with SIGTERM: unwind, so the servers and Postgres this run started stop too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     config = make_config(args)
-    command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    command = shown_command(sys.argv[1:] if argv is None else argv)
     report = run(config, command)
     print("\n".join(report.markdown()), flush=True)
     if args.json:

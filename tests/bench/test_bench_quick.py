@@ -116,6 +116,11 @@ def test_quick_mode_measures_every_route_without_errors(tmp_path: Path) -> None:
     table = proc.stdout.split("## Summary", 1)[1]
     for route in (*TODO_ROUTES, GET_SESSION, SIGN_IN, "peak RSS, todo routes"):
         assert f"| {route} |" in table, route
+    # The output files' paths (options of this run) appear in neither the report nor the chart:
+    # both get committed.
+    assert str(tmp_path) not in proc.stdout
+    assert str(tmp_path) not in (tmp_path / "bench.svg").read_text()
+    assert "`python -m bench --quick`" in (tmp_path / "bench.svg").read_text()
     drawn = ET.parse(tmp_path / "bench.svg").getroot()  # noqa: S314 (the run's own file)
     assert drawn.tag == "{http://www.w3.org/2000/svg}svg"
     titles = [t.text or "" for t in drawn.iter("{http://www.w3.org/2000/svg}title")]
