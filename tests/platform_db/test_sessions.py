@@ -31,7 +31,8 @@ POLICY = SessionPolicy(expires_in=timedelta(days=7), update_age=timedelta(days=1
 
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(auth_settings(db_url).database, pool_size=2)
+    # Up to four at once: the test's own, two racing sessions and a watcher (no overflow).
+    eng = create_engine(auth_settings(db_url).database, pool_size=4)
     yield eng
     await eng.dispose()
 
