@@ -293,16 +293,32 @@ def test_evicting_one_token_does_not_refuse_other_reads() -> None:
 
 
 class Statements:
-    """Every SQL statement the app's engine sends (`before_cursor_execute`)."""
+    """Every SQL statement the app's engine sends.
+
+    SQLAlchemy's own statements pass `before_cursor_execute`; the kit's compiled ones run on
+    the asyncpg connection underneath, so each checked-out connection also gets a query logger.
+    """
 
     def __init__(self, app: FastAPI) -> None:
         self.seen: list[str] = []
-        event.listen(
-            kit_state(app).database.engine.sync_engine, "before_cursor_execute", self._record
-        )
+        engine = kit_state(app).database.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", self._record)
+        event.listen(engine.pool, "checkout", self._log_driver)
 
     def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self.seen.append(statement)
+
+    def _log_driver(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        # A set of callbacks: adding the same bound method again is a no-op.
+        dbapi_connection.driver_connection.add_query_logger(self._logged)
+
+    def _logged(self, query: Any) -> None:
+        self.seen.append(query.query)
+
+    async def settle(self) -> None:
+        """Let asyncpg's query loggers run: it calls them with `loop.call_soon`, so a statement
+        the request ran is recorded only once this task yields to the loop once."""
+        await asyncio.sleep(0)
 
     def clear(self) -> None:
         self.seen.clear()
@@ -357,6 +373,7 @@ class Live:
         self.statements.clear()
         r = await self.todos(token)
         assert r.status_code == 200, r.text
+        await self.statements.settle()
         assert self.statements.touching_session() == [], self.statements.seen
         assert any("todos" in s for s in self.statements.seen), self.statements.seen
 
@@ -406,6 +423,7 @@ async def test_steady_state_costs_no_session_query(
         live.statements.clear()
         r = await live.todos(token)
         assert r.status_code == 200, r.text
+        await live.statements.settle()
         assert len(live.statements.touching_session()) == 1, live.statements.seen
 
         # ... and no later one does.
@@ -416,6 +434,7 @@ async def test_steady_state_costs_no_session_query(
             assert [t["title"] for t in r.json()["items"]] == ["milk"]
             body = await live.session_of(token)
             assert (body["user"]["id"], body["session"]["token"]) == (user_id, token)
+        await live.statements.settle()
         assert live.statements.touching_session() == [], live.statements.seen
         # GET /todos still ran its own query every time.
         assert sum("todos" in s for s in live.statements.seen) == 5, live.statements.seen
@@ -467,6 +486,7 @@ async def test_revocation_by_sql_while_the_listener_is_down_is_honoured(trading:
     await sql(trading.db_url, "DELETE FROM session WHERE token = $1", token)
     trading.statements.clear()
     assert await trading.rejected(token)
+    await trading.statements.settle()
     assert len(trading.statements.touching_session()) == 1, trading.statements.seen
 
     # It reconnects by itself (a new backend), and caching resumes.
@@ -549,6 +569,7 @@ async def test_a_session_due_for_refresh_is_not_served_from_the_cache(trading: L
     trading.statements.clear()
     body = await trading.session_of(token)
     assert body["session"]["token"] == token
+    await trading.statements.settle()
     assert len(trading.statements.touching_session()) == 1, trading.statements.seen
     hit = trading.cache.get(token)  # replaced by what the database says
     assert hit is not None
@@ -591,6 +612,7 @@ async def test_without_the_triggers_the_cache_stays_off(
         for _ in range(3):
             r = await live.todos(token)
             assert r.status_code == 200, r.text
+        await live.statements.settle()
         assert len(live.statements.touching_session()) == 3, live.statements.seen
         assert len(live.cache) == 0
         # And a revocation any way at all is honoured at once.
@@ -610,6 +632,7 @@ async def test_cache_size_zero_means_no_listener_and_no_cache(full_db: str) -> N
         for _ in range(3):
             r = await live.todos(token)
             assert r.status_code == 200, r.text
+        await live.statements.settle()
         assert len(live.statements.touching_session()) == 3, live.statements.seen
         assert (live.cache.enabled, len(live.cache)) == (False, 0)
         assert await listener_pids(full_db) == []  # no LISTEN connection at all

@@ -92,6 +92,16 @@ async def upstream() -> None:
     return None
 
 
+class Delegating:
+    """A callable-instance dependency that calls the function it was given."""
+
+    def __init__(self, resolve: Any) -> None:
+        self._resolve = resolve
+
+    async def __call__(self) -> str:
+        return brew(await self._resolve())
+
+
 router = APIRouter()
 
 
@@ -113,6 +123,17 @@ async def limited(
 ) -> dict[str, str]:
     """A dependency that raises, one that declares, and a middleware in front."""
     return {"key": key}
+
+
+# Built away from the route, as an `Annotated` alias is: the route's source names neither
+# the class nor the function it holds.
+Cup = Annotated[str, Depends(Delegating(key_required))]
+
+
+@router.get("/delegated")
+async def delegated(cup: Cup) -> dict[str, str]:
+    """A callable instance as the dependency: its __call__ and what it holds."""
+    return {"cup": cup}
 
 
 def kit_app() -> FastAPI:
@@ -148,6 +169,10 @@ def test_errors_come_from_the_endpoint_its_dependencies_and_the_middleware() -> 
     assert codes(doc, "/limited/key", "410") == {"GONE"}
     assert codes(doc, "/limited/key", "502") == {"UPSTREAM"}
     assert codes(doc, "/limited/key", "429") == {"BUSY"}
+    # A callable instance: what its __call__ raises (418) and what the function it holds
+    # raises (410), neither named where the route is declared.
+    assert codes(doc, "/delegated", "418") == {"I_AM_A_TEAPOT"}
+    assert codes(doc, "/delegated", "410") == {"GONE"}
     assert codes(doc, "/limited/key", "422") == {"VALIDATION_ERROR"}
     headers = responses(doc, "/limited/key")["429"]["headers"]
     assert headers == {

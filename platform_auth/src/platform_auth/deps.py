@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -91,31 +92,46 @@ async def authenticate(
     return ctx
 
 
-# One dependency per alias, not a chain: each level of FastAPI's dependency solving costs
-# more than the cache hit it wraps.
-Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
 async def _optional_auth(
-    request: Request, response: Response, bearer: Bearer
+    request: Request, response: Response, bearer: HTTPAuthorizationCredentials | None
 ) -> AuthContext | None:
     return await authenticate(request, response, bearer)
 
 
-async def _required_auth(request: Request, response: Response, bearer: Bearer) -> AuthContext:
+async def _required_auth(
+    request: Request, response: Response, bearer: HTTPAuthorizationCredentials | None
+) -> AuthContext:
     ctx = await authenticate(request, response, bearer)
     if ctx is None:
         raise Unauthorized()
     return ctx
 
 
-async def _current_user(request: Request, response: Response, bearer: Bearer) -> User:
+async def _current_user(
+    request: Request, response: Response, bearer: HTTPAuthorizationCredentials | None
+) -> User:
     return (await _required_auth(request, response, bearer)).user
 
 
-OptionalAuth = Annotated[AuthContext | None, Depends(_optional_auth)]
-CurrentSession = Annotated[AuthContext, Depends(_required_auth)]
-CurrentUser = Annotated[User, Depends(_current_user)]
+class _Caller(HTTPBearer):
+    """The bearer scheme as OpenAPI documents it (the same scheme as `_bearer`), whose call
+    resolves the caller itself: one dependency per route instead of a chain of two, since
+    each level of FastAPI's dependency solving costs more than the cache hit it wraps."""
+
+    def __init__(self, resolve: Callable[..., Awaitable[Any]]) -> None:
+        super().__init__(
+            auto_error=False, description=_bearer.model.description, scheme_name="HTTPBearer"
+        )
+        self._resolve = resolve
+
+    # FastAPI calls a dependency with what its signature asks for: here the response too.
+    async def __call__(self, request: Request, response: Response) -> Any:  # type: ignore[override]
+        return await self._resolve(request, response, await super().__call__(request))
+
+
+OptionalAuth = Annotated[AuthContext | None, Depends(_Caller(_optional_auth))]
+CurrentSession = Annotated[AuthContext, Depends(_Caller(_required_auth))]
+CurrentUser = Annotated[User, Depends(_Caller(_current_user))]
 
 
 async def _session_cache(request: Request) -> SessionCache:

@@ -173,13 +173,6 @@ class ItemNotFound(NotFound):
     message = "Item not found"
 
 
-def _key(user_id: str, item_id: str) -> dict[str, str]:
-    params = items.params(user_id, item_id)
-    if params is None:
-        raise ItemNotFound()
-    return params
-
-
 def _found(row: dict[str, Any] | None) -> ItemRead:
     if row is None:
         raise ItemNotFound()
@@ -213,7 +206,7 @@ async def list_items(
     ] = None,
 ) -> ItemPage:
     """The signed-in user's items, newest first, a page at a time."""
-    rows = await items.rows(db, items.page(cursor=cursor, limit=limit), {{"owner": user.id}})
+    rows = await items.page(db, user.id, cursor=cursor, limit=limit)
     page = [ItemRead.model_validate(r) for r in rows[:limit]]
     more = len(rows) > limit
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
@@ -223,19 +216,17 @@ async def list_items(
 @router.get("/{{item_id}}", response_model=ItemRead)
 async def get_item(item_id: str, db: ReadDb, user: CurrentUser) -> ItemRead:
     """One of the signed-in user's items."""
-    return _found(await items.one(db, items.get, _key(user.id, item_id)))
+    return _found(await items.one(db, user.id, item_id))
 
 
 @router.patch("/{{item_id}}", response_model=ItemRead)
 async def update_item(item_id: str, body: ItemUpdate, db: WriteDb, user: CurrentUser) -> ItemRead:
     """Change some fields of one of the signed-in user's items."""
-    key = _key(user.id, item_id)
     changes = body.model_dump(exclude_unset=True)
     if not changes:
-        return _found(await items.one(db, items.get, key))
+        return _found(await items.one(db, user.id, item_id))
     changes["updated_at"] = utcnow()
-    stmt = items.update(frozenset(changes))
-    return _found(await items.one(db, stmt, key | items.changes(changes)))
+    return _found(await items.updated(db, user.id, item_id, changes))
 
 
 @router.delete(
@@ -245,7 +236,7 @@ async def update_item(item_id: str, body: ItemUpdate, db: WriteDb, user: Current
 )
 async def delete_item(item_id: str, db: WriteDb, user: CurrentUser) -> Response:
     """Delete one of the signed-in user's items."""
-    if (await db.execute(items.delete, _key(user.id, item_id))).first() is None:
+    if not await items.deleted(db, user.id, item_id):
         raise ItemNotFound()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 '''

@@ -209,7 +209,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # Connection exceptions, "shutting down" / "starting up" / "in recovery", too many connections.
-_UNAVAILABLE_SQLSTATES = ("08", "57P0", "53300")
+UNAVAILABLE_SQLSTATES = ("08", "57P0", "53300")
 
 
 def is_stale_statement(exc: BaseException) -> bool:
@@ -231,7 +231,7 @@ def is_unavailable(exc: BaseException) -> bool:
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+    if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES):
         return True
     # A write transaction hit a statement gone stale under a migration: it cannot be retried
     # inside the aborted transaction, but the client can retry the request at once.

@@ -76,10 +76,14 @@ class _Scanner:
 
     def errors(self, obj: object) -> frozenset[type[AppError]]:
         fn = _function(obj)
-        if fn is None:
-            # A callable instance as a dependency: its class's __call__.
+        if fn is None and not isinstance(obj, type):
+            # A callable instance as a dependency: its class's __call__, and the functions
+            # the instance holds (what such a __call__ delegates to).
             call = inspect.getattr_static(type(obj), "__call__", None)
-            fn = _function(call) if not isinstance(obj, type) else None
+            held = frozenset().union(
+                *(self.errors(v) for v in getattr(obj, "__dict__", {}).values() if _function(v))
+            )
+            return held | self.errors(call) if _function(call) else held
         if fn is None or _top(fn.__module__) not in self.packages:
             return frozenset()
         if fn in self.found:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
-    Executable,
-    Result,
-    Row,
+    Integer,
     Select,
     Table,
     and_,
@@ -30,15 +28,20 @@ from sqlalchemy import (
     update,
 )
 
+from service_kit.compiled import Compiled
 from service_kit.errors import AppError
 
 
-class Executes(Protocol):
-    """What runs the statements: a request's connection (ReadDb, WriteDb) or a session."""
+class Runs(Protocol):
+    """What runs the statements: a request's connection (ReadDb, WriteDb)."""
 
-    async def execute(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None, /
-    ) -> Result[Any]: ...
+    async def rows(
+        self, statement: Compiled, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]: ...
+
+    async def row(
+        self, statement: Compiled, params: Mapping[str, Any]
+    ) -> dict[str, Any] | None: ...
 
 
 class InvalidCursor(AppError):
@@ -68,8 +71,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class OwnedTable:
-    """Statements on `table` scoped to one owner, built once (building a statement costs more
-    than running it), with the owner's id and the row's key bound at execution.
+    """Statements on `table` scoped to one owner, built and compiled once (building a
+    statement costs more than running it), with the owner's id and the row's key bound at
+    execution.
 
     The table needs a text key column (`key`), an owner column (`owner`) and a creation time
     (`created_at`) for newest-first keyset pages.
@@ -80,69 +84,92 @@ class OwnedTable:
     ) -> None:
         self.table = table
         self.columns = tuple(table.c)
-        self.names = tuple(col.name for col in self.columns)
         self._owner_col, self._key_col = table.c[owner], table.c[key]
         self._created_col = table.c[created]
-        self.owned: ColumnElement[bool] = self._owner_col == bindparam("owner")
-        one = and_(self.owned, self._key_col == bindparam("key"))
-        self._one = one
-        self.get: Executable = select(*self.columns).where(one)
-        self.delete: Executable = delete(table).where(one).returning(self._key_col)
-        self.insert: Executable = insert(table).returning(*self.columns)
-        # At most one entry per subset of the columns a client may change.
-        self._updates: dict[frozenset[str], Executable] = {}
-
-    def update(self, fields: frozenset[str]) -> Executable:
-        """UPDATE of exactly these fields (set as `new_<name>`), built once per set."""
-        stmt = self._updates.get(fields)
-        if stmt is None:
-            # (A bind parameter may not be named after a column it sets: hence `new_`.)
-            values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
-            stmt = update(self.table).where(self._one).values(**values).returning(*self.columns)
-            self._updates[fields] = stmt
-        return stmt
+        self._owned: ColumnElement[bool] = self._owner_col == bindparam("owner")
+        self._one = and_(self._owned, self._key_col == bindparam("key"))
+        self._get = Compiled(select(*self.columns).where(self._one))
+        self._delete = Compiled(delete(table).where(self._one).returning(self._key_col))
+        # At most one entry per subset of the columns a call sets (or filters on).
+        self._inserts: dict[frozenset[str], Compiled] = {}
+        self._updates: dict[frozenset[str], Compiled] = {}
+        self._pages: dict[tuple[frozenset[str], bool], Compiled] = {}
 
     @staticmethod
-    def params(owner_id: str, key: str) -> dict[str, str] | None:
+    def _params(owner_id: str, key: str) -> dict[str, Any] | None:
         """Bind values for one row; None when no row can have that key."""
         if "\x00" in key:  # no key holds a NUL; Postgres text cannot even compare one
             return None
         return {"owner": owner_id, "key": key}
 
-    @staticmethod
-    def changes(values: Mapping[str, Any]) -> dict[str, Any]:
-        """`values` as the bind parameters of `update(frozenset(values))`."""
-        return {f"new_{name}": value for name, value in values.items()}
+    async def one(self, db: Runs, owner_id: str, key: str) -> dict[str, Any] | None:
+        """The owner's row with this key, or None."""
+        params = self._params(owner_id, key)
+        return None if params is None else await db.row(self._get, params)
 
-    def page(self, *where: ColumnElement[bool], cursor: str | None, limit: int) -> Select[Any]:
-        """The owner's rows, newest first, after `cursor`, one more than `limit` (to tell
-        whether there is a next page). Bind `owner` when executing."""
-        stmt = select(*self.columns).where(self.owned, *where)
-        if cursor is not None:
-            after_created, after_key = decode_cursor(cursor)
-            stmt = stmt.where(
-                tuple_(self._created_col, self._key_col) < tuple_(after_created, after_key)
-            )
-        order = (self._created_col.desc(), self._key_col.desc())
-        return stmt.order_by(*order).limit(limit + 1)
+    async def created(self, db: Runs, values: Mapping[str, Any]) -> dict[str, Any]:
+        """INSERT one row of `values` (every column without a server default); the row as
+        stored, defaults filled in."""
+        fields = frozenset(values)
+        stmt = self._inserts.get(fields)
+        if stmt is None:
+            insert_all = insert(self.table).returning(*self.columns)
+            stmt = self._inserts[fields] = Compiled(insert_all, keys=sorted(fields))
+        row = await db.row(stmt, values)
+        assert row is not None  # INSERT ... RETURNING returns its row
+        return row
 
-    def as_dict(self, row: Row[Any]) -> dict[str, Any]:
-        # By column name: validating a Row by attributes would first try each camelCase
-        # alias, and every miss costs SQLAlchemy an exception.
-        return dict(zip(self.names, row, strict=True))
-
-    async def one(
-        self, db: Executes, stmt: Executable, params: Mapping[str, Any]
+    async def updated(
+        self, db: Runs, owner_id: str, key: str, changes: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """The single row `stmt` returns, as a dict, or None."""
-        row = (await db.execute(stmt, dict(params))).first()
-        return None if row is None else self.as_dict(row)
+        """Set `changes` on the owner's row with this key; the row as stored, or None."""
+        params = self._params(owner_id, key)
+        if params is None:
+            return None
+        fields = frozenset(changes)
+        stmt = self._updates.get(fields)
+        if stmt is None:
+            # (A bind parameter may not be named after a column it sets: hence `new_`.)
+            values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
+            built = update(self.table).where(self._one).values(**values)
+            stmt = self._updates[fields] = Compiled(built.returning(*self.columns))
+        return await db.row(stmt, params | {f"new_{n}": v for n, v in changes.items()})
 
-    async def created(self, db: Executes, values: Mapping[str, Any]) -> dict[str, Any]:
-        """INSERT one row of `values`; the row as stored (defaults filled in)."""
-        return self.as_dict((await db.execute(self.insert, dict(values))).one())
+    async def deleted(self, db: Runs, owner_id: str, key: str) -> bool:
+        """Delete the owner's row with this key; whether there was one."""
+        params = self._params(owner_id, key)
+        return params is not None and await db.row(self._delete, params) is not None
 
-    async def rows(
-        self, db: Executes, stmt: Executable, params: Mapping[str, Any]
-    ) -> Sequence[dict[str, Any]]:
-        return [self.as_dict(r) for r in (await db.execute(stmt, dict(params))).all()]
+    async def page(
+        self,
+        db: Runs,
+        owner_id: str,
+        *,
+        equal: Mapping[str, Any] | None = None,
+        cursor: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """The owner's rows whose columns hold the values in `equal`, newest first, after
+        `cursor`, one more than `limit` (to tell whether there is a next page)."""
+        equal = equal or {}
+        variant = (frozenset(equal), cursor is not None)
+        stmt = self._pages.get(variant)
+        if stmt is None:
+            stmt = self._pages[variant] = Compiled(self._page_statement(*variant))
+        params: dict[str, Any] = {"owner": owner_id, "limit": limit + 1}
+        params.update({f"eq_{name}": value for name, value in equal.items()})
+        if cursor is not None:
+            params["after_created"], params["after_key"] = decode_cursor(cursor)
+        return await db.rows(stmt, params)
+
+    def _page_statement(self, equal: frozenset[str], after: bool) -> Select[Any]:
+        where = [self.table.c[name] == bindparam(f"eq_{name}") for name in sorted(equal)]
+        stmt = select(*self.columns).where(self._owned, *where)
+        if after:
+            position = (
+                bindparam("after_created", type_=self._created_col.type),
+                bindparam("after_key", type_=self._key_col.type),
+            )
+            stmt = stmt.where(tuple_(self._created_col, self._key_col) < tuple_(*position))
+        order = (self._created_col.desc(), self._key_col.desc())
+        return stmt.order_by(*order).limit(bindparam("limit", type_=Integer))

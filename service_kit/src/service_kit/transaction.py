@@ -1,8 +1,7 @@
 """The request's database access, owned here: handlers and helpers never commit.
 
-Two kinds for a service's routes, chosen by the route, not by its HTTP verb, both Core
-connections (a service's routes run Core statements; an ORM session per request cost more
-than the statement it ran):
+Two kinds for a service's routes, chosen by the route, not by its HTTP verb, both running the
+kit's compiled statements (`service_kit.compiled`) on one pooled connection:
 - `ReadDb`: statements without a transaction, each committed by itself (a GET that reads);
 - `WriteDb`: the request's one transaction, committed when the handler returns and before
   the response is sent (scope="function"), so a failed commit is never a 2xx; rolled back if
@@ -17,18 +16,24 @@ mapped objects (the login's routes).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
+import asyncpg
+from asyncpg.transaction import Transaction
 from fastapi import Depends, Request
-from sqlalchemy import Executable, Result
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
+from service_kit.compiled import Compiled
 from service_kit.db import Database, ReadSession
-from service_kit.errors import InvalidInput, ServiceUnavailable, is_stale_statement
+from service_kit.errors import UNAVAILABLE_SQLSTATES, InvalidInput, ServiceUnavailable
 from service_kit.openapi import raises
 from service_kit.state import kit_state
+
+log = logging.getLogger(__name__)
 
 
 def database(request: Request) -> Database:
@@ -36,54 +41,122 @@ def database(request: Request) -> Database:
     return kit_state(request.app).database
 
 
-class Statements:
-    """A request's Core connection, taken from the pool at the first statement."""
+def _stale(exc: BaseException) -> bool:
+    # A cached statement or type that another process's DDL made stale (asyncpg has already
+    # dropped its caches, so the next try prepares afresh).
+    return isinstance(
+        exc, asyncpg.InvalidCachedStatementError | asyncpg.exceptions.OutdatedSchemaCacheError
+    ) or (isinstance(exc, asyncpg.InternalServerError) and "cache lookup failed" in str(exc))
 
-    __slots__ = ("_conn", "_engine", "_transaction")
+
+def _unavailable(reason: BaseException) -> ServiceUnavailable:
+    log.warning("database unavailable: %s", type(reason).__name__)
+    return ServiceUnavailable(headers={"Retry-After": "1"})
+
+
+class Statements:
+    """A request's connection, taken from the pool at the first statement, running compiled
+    statements on the asyncpg connection underneath.
+
+    Errors become the kit's: a value Postgres refuses (SQLSTATE class 22) is InvalidInput
+    (400); a connection lost, a server going away or a statement gone stale in a
+    transaction is ServiceUnavailable (503, the client may retry at once); anything else
+    is raised as it is (a bug: 500).
+    """
+
+    __slots__ = ("_broken", "_driver", "_engine", "_proxied", "_transaction", "_tx")
 
     def __init__(self, engine: AsyncEngine, *, transaction: bool) -> None:
         self._engine = engine
-        self._conn: AsyncConnection | None = None
         self._transaction = transaction
+        self._proxied: PoolProxiedConnection | None = None
+        self._driver: asyncpg.Connection | None = None
+        self._tx: Transaction | None = None
+        self._broken = False
 
-    async def _connection(self) -> AsyncConnection:
-        conn = await self._engine.connect().start()
-        self._conn = conn
+    async def _connect(self) -> asyncpg.Connection:
+        proxied = await self._engine.raw_connection()
+        self._proxied = proxied
+        driver: asyncpg.Connection = proxied.driver_connection
+        self._driver = driver
         if self._transaction:
-            await conn.begin()
-        return conn
+            tx = driver.transaction()
+            await self._run(tx.start)
+            self._tx = tx
+        return driver
 
-    async def execute(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Result[Any]:
-        conn = self._conn or await self._connection()
-        if self._transaction:
-            return await conn.execute(statement, parameters)
+    async def _run(self, call: Any, *args: Any) -> Any:
         try:
-            return await conn.execute(statement, parameters)
-        except DBAPIError as exc:
+            return await call(*args)
+        except asyncpg.PostgresError as exc:
+            sqlstate = exc.sqlstate or ""
+            if sqlstate.startswith("22"):
+                raise InvalidInput() from None
+            if sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+                self._broken = True
+                raise _unavailable(exc) from exc
+            if _stale(exc):
+                # In a transaction, the transaction is aborted: the request as a whole can be
+                # retried (a read without one is retried here, see _fetch).
+                raise _unavailable(exc) from exc
+            raise
+        except asyncpg.exceptions.OutdatedSchemaCacheError as exc:
+            raise _unavailable(exc) from exc
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.InterfaceError,  # the connection is closed
+            asyncpg.exceptions.InternalClientError,  # its protocol is in a state it cannot use
+        ) as exc:
+            self._broken = True
+            raise _unavailable(exc) from exc
+
+    async def _fetch(self, statement: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        driver = self._driver or await self._connect()
+        args = statement.args(params)
+        if self._tx is not None:
+            result: list[Any] = await self._run(driver.fetch, statement.sql, *args)
+            return result
+        try:
+            result = await self._run(driver.fetch, statement.sql, *args)
+        except ServiceUnavailable as exc:
             # Autocommit: nothing else ran in a transaction this failure aborted, so a
             # statement another process's DDL made stale can simply run once more.
-            if not is_stale_statement(exc):
+            if exc.__cause__ is None or not _stale(exc.__cause__):
                 raise
-            return await conn.execute(statement, parameters)
+            result = await self._run(driver.fetch, statement.sql, *args)
+        return result
+
+    async def rows(self, statement: Compiled, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every row `statement` returns, each a dict by column key."""
+        return [statement.row(r) for r in await self._fetch(statement, params)]
+
+    async def row(self, statement: Compiled, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The first row `statement` returns, or None."""
+        records = await self._fetch(statement, params)
+        return statement.row(records[0]) if records else None
 
     async def close(self, *, commit: bool) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        proxied, tx = self._proxied, self._tx
+        self._proxied = self._driver = self._tx = None
+        if proxied is None:
             return
         try:
-            if self._transaction and conn.in_transaction():
-                await (conn.commit() if commit else conn.rollback())
+            if tx is not None and not self._broken:
+                await self._run(tx.commit if commit else tx.rollback)
         finally:
-            await conn.close()
+            # Back to the pool (through SQLAlchemy, which may need to await there), or, if
+            # the connection broke, closed and replaced.
+            await greenlet_spawn(proxied.invalidate if self._broken else proxied.close)
 
 
 # The error handlers answer a database out of reach with 503 and a value Postgres refuses
 # (SQLSTATE class 22) with 400: every route with database access can answer either.
 @raises(ServiceUnavailable, InvalidInput)
 async def _read(request: Request) -> AsyncIterator[Statements]:
-    statements = Statements(database(request).autocommit_engine, transaction=False)
+    db = database(request)
+    # Behind a transaction pooler a statement outside a transaction is not safe (db.py).
+    statements = Statements(db.engine, transaction=db.pooled)
     try:
         yield statements
     finally:

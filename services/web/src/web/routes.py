@@ -37,13 +37,6 @@ class TodoNotFound(NotFound):
     message = "Todo not found"
 
 
-def _key(user_id: str, todo_id: str) -> dict[str, str]:
-    params = todos.params(user_id, todo_id)
-    if params is None:
-        raise TodoNotFound()
-    return params
-
-
 def _found(row: dict[str, Any] | None) -> TodoRead:
     if row is None:
         raise TodoNotFound()
@@ -79,8 +72,8 @@ async def list_todos(
     completed: Annotated[bool | None, Query(description="Only done or only open")] = None,
 ) -> TodoPage:
     """The signed-in user's todos, newest first, a page at a time."""
-    where = [] if completed is None else [todos.table.c.completed == completed]
-    rows = await todos.rows(db, todos.page(*where, cursor=cursor, limit=limit), {"owner": user.id})
+    equal = None if completed is None else {"completed": completed}
+    rows = await todos.page(db, user.id, equal=equal, cursor=cursor, limit=limit)
     items = [TodoRead.model_validate(r) for r in rows[:limit]]
     more = len(rows) > limit
     next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
@@ -90,19 +83,17 @@ async def list_todos(
 @router.get("/{todo_id}", response_model=TodoRead)
 async def get_todo(todo_id: str, db: ReadDb, user: CurrentUser) -> TodoRead:
     """One of the signed-in user's todos."""
-    return _found(await todos.one(db, todos.get, _key(user.id, todo_id)))
+    return _found(await todos.one(db, user.id, todo_id))
 
 
 @router.patch("/{todo_id}", response_model=TodoRead)
 async def update_todo(todo_id: str, body: TodoUpdate, db: WriteDb, user: CurrentUser) -> TodoRead:
     """Change some fields of one of the signed-in user's todos."""
-    key = _key(user.id, todo_id)
     changes = body.model_dump(exclude_unset=True)
     if not changes:
-        return _found(await todos.one(db, todos.get, key))
+        return _found(await todos.one(db, user.id, todo_id))
     changes["updated_at"] = utcnow()
-    stmt = todos.update(frozenset(changes))
-    return _found(await todos.one(db, stmt, key | todos.changes(changes)))
+    return _found(await todos.updated(db, user.id, todo_id, changes))
 
 
 @router.delete(
@@ -112,6 +103,6 @@ async def update_todo(todo_id: str, body: TodoUpdate, db: WriteDb, user: Current
 )
 async def delete_todo(todo_id: str, db: WriteDb, user: CurrentUser) -> Response:
     """Delete one of the signed-in user's todos."""
-    if (await db.execute(todos.delete, _key(user.id, todo_id))).first() is None:
+    if not await todos.deleted(db, user.id, todo_id):
         raise TodoNotFound()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
