@@ -140,10 +140,10 @@ def summarise(raw: str) -> Profile:
     return prof
 
 
-def report(prof: Profile, top: int = 15) -> list[str]:
+def report(prof: Profile, route: str, top: int = 15) -> list[str]:
     lines = [
         f"{prof.samples} samples (py-spy, 200 Hz, only while the GIL was held) of the service "
-        "process serving GET /todos.",
+        f"process serving {route}.",
         "",
         "| where the CPU was (innermost frame) | share |",
         "|---|---:|",
