@@ -1079,12 +1079,13 @@ async def test_no_secret_in_logs(
     )
 
 
+@pytest.mark.parametrize("log_format", ["json", "text"])
 async def test_no_secret_in_a_served_process_logs(
-    full_db: str, smtp_server: SmtpServer, tmp_path: Path
+    log_format: str, full_db: str, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    """The same flow against a real `web serve` process at LOG_LEVEL=debug with uvicorn's
-    access log on: nothing secret in its output. Also a chunked oversized body over a real
-    socket: 413."""
+    """The same flow against a real `web serve` process at LOG_LEVEL=debug with the access
+    log on, in either log format: nothing secret in its output. Also a chunked oversized body
+    over a real socket: 413."""
     from platform_dev.embedded import free_port
     from tests.e2e.conftest import Processes
 
@@ -1100,6 +1101,7 @@ async def test_no_secret_in_a_served_process_logs(
             AUTH_URL=f"http://127.0.0.1:{port}",
             ACCESS_LOG="1",
             LOG_LEVEL="debug",
+            LOG_FORMAT=log_format,
             SMTP_HOST=smtp["SMTP_HOST"],
             SMTP_PORT=smtp["SMTP_PORT"],
             SMTP_SECURITY=smtp["SMTP_SECURITY"],

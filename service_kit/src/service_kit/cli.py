@@ -19,16 +19,19 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from service_kit import migrate
+from service_kit import logs, migrate
 from service_kit.db import async_url
 from service_kit.lint import lint
 from service_kit.migrate import MigrationError, MigrationTree
 from service_kit.settings import DatabaseSettings
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 log = logging.getLogger(__name__)
 
 
-def _settings() -> DatabaseSettings:
+def database_settings() -> DatabaseSettings:
+    """The database settings from the environment; a problem is one readable MigrationError."""
     try:
         settings = DatabaseSettings()
     except ValidationError as exc:
@@ -85,7 +88,7 @@ def run_command(tree: MigrationTree, args: argparse.Namespace) -> int:
         script = asyncio.run(migrate.revision(tree, None, args.message, autogenerate=False))
         print(f"wrote {script.path if script else 'nothing'}")
         return 0
-    settings = _settings()
+    settings = database_settings()
     url = settings.direct_url  # migrations hold a session advisory lock: never through a pooler
     if args.command == "migrate":
         heads = asyncio.run(
@@ -180,9 +183,14 @@ def main_for(
     group `plugins`, each an `Extension`. Each returns a handler that answers None for a
     command that is not its own.
     """
+    try:
+        log_format = logs.from_environ()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logs.handler(sys.stderr, log_format, TEXT_FORMAT)],
     )
     # Our own lines say what ran; Alembic's and httpx's per-step INFO lines are noise here.
     for noisy in ("alembic", "httpx"):

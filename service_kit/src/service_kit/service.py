@@ -19,6 +19,7 @@ from service_kit import migrate
 from service_kit.access_log import ACCESS_LOGGER, RequestIdFilter
 from service_kit.cli import main_for, subcommands
 from service_kit.http_server import BoundedHttpToolsProtocol
+from service_kit.logs import LogFormat, json_config
 from service_kit.migrate import MigrationError, MigrationTree
 from service_kit.settings import Settings
 
@@ -52,9 +53,9 @@ def load(read: Callable[[], T], what: str = "settings") -> T:
         raise MigrationError(f"invalid or missing {what}: {problems}") from None
 
 
-def _log_config(service: ServiceDefinition, level: str) -> dict[str, object]:
+def _log_config(service: ServiceDefinition, level: str, log_format: LogFormat) -> dict[str, Any]:
     """uvicorn's logging, plus the kit's access log (uvicorn's own is off: the kit's names the
-    route, not the path) with the request id on its lines."""
+    route, not the path) with the request id on its lines; in JSON if `log_format` says so."""
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
@@ -74,7 +75,7 @@ def _log_config(service: ServiceDefinition, level: str) -> dict[str, object]:
         "level": level.upper(),
         "propagate": False,
     }
-    return config
+    return json_config(config, level) if log_format == "json" else config
 
 
 def _factory(service: ServiceDefinition) -> str:
@@ -105,11 +106,12 @@ def serve(service: ServiceDefinition, host: str, port: int, workers: int | None 
     # builds its own (own pool, own listener), reading the same environment.
     app: FastAPI | str = service.create_app(settings) if workers == 1 else _factory(service)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    print(
-        f"{service.name}: serving on http://{shown}:{port} (docs: http://{shown}:{port}/docs)"
-        + (f" with {workers} workers" if workers > 1 else "")
+    log.info(
+        "%s: serving on http://%s:%d (docs: http://%s:%d/docs)%s",
+        *(service.name, shown, port, shown, port),
+        f" with {workers} workers" if workers > 1 else "",
+        extra={"url": f"http://{shown}:{port}", "workers": workers},
     )
-    sys.stdout.flush()
     BoundedHttpToolsProtocol.limits = server
     uvicorn.run(
         app,
@@ -125,7 +127,7 @@ def serve(service: ServiceDefinition, host: str, port: int, workers: int | None 
         proxy_headers=bool(server.forwarded_allow_ips),
         forwarded_allow_ips=server.forwarded_allow_ips or None,
         access_log=False,  # the app's own (ACCESS_LOG), service_kit.access_log
-        log_config=_log_config(service, server.log_level),
+        log_config=_log_config(service, server.log_level, server.log_lines),
     )
     return 0
 

@@ -11,6 +11,9 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_kit.logs import LogFormat
+from service_kit.logs import resolve as resolve_log_format
+
 
 class DatabaseSettings(BaseSettings):
     """What every command that touches the database needs."""
@@ -69,6 +72,10 @@ class ServerSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, validation_alias="WEB_CONCURRENCY")
     log_level: str = Field(default="info", validation_alias="LOG_LEVEL")
     access_log: bool = Field(default=True, validation_alias="ACCESS_LOG")
+    # json (one object per line, for a log collector) or text; None: text in development,
+    # json elsewhere (service_kit.logs).
+    log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
+    environment: str = Field(default="production", validation_alias="ENVIRONMENT")
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
     # addresses or networks, `*` for any). None by default: a client's own address is what
     # counts for rate limits and logs, and no local process can choose another.
@@ -84,6 +91,16 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @property
+    def log_lines(self) -> LogFormat:
+        """The format the process logs in (LOG_FORMAT, else by ENVIRONMENT)."""
+        return resolve_log_format(self.log_format, self.environment)
 
 
 class Settings(BaseModel):
