@@ -16,6 +16,7 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -74,10 +75,12 @@ def one(objects: list[Object], kind: str, name: str) -> Object:
 
 
 def workloads(objects: list[Object]) -> Iterator[tuple[Object, Object]]:
-    """(workload, its pod spec) for every Job and Deployment."""
+    """(workload, its pod spec) for every Job, CronJob and Deployment."""
     for o in objects:
         if o["kind"] in ("Job", "Deployment"):
             yield o, o["spec"]["template"]["spec"]
+        elif o["kind"] == "CronJob":
+            yield o, o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def known_variables() -> set[str]:
@@ -156,6 +159,16 @@ def test_the_base_has_a_migrate_job_and_each_service_its_own_objects(
     deployments = sorted(o["metadata"]["name"] for o in find(rendered, "Deployment"))
     assert deployments == served == ["trading", "web"]
     assert [o["metadata"]["name"] for o in find(rendered, "Job")] == ["platform-db-migrate"]
+    # One sweeper, the CronJob: the services' own timers are off where it runs.
+    (cron,) = find(rendered, "CronJob")
+    assert cron["metadata"]["name"] == "platform-db-sweep"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (settings,) = (
+        c
+        for c in find(rendered, "ConfigMap")
+        if c["metadata"]["name"].startswith("shared-auth-settings")
+    )
+    assert settings["data"]["SWEEP_INTERVAL"] == "0"
     for name in served:
         deployment = one(rendered, "Deployment", name)
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -211,13 +224,20 @@ def test_commands_ports_and_probes_are_the_compose_files(rendered: list[Object])
         (container,) = pod["containers"]
         image = container["image"].rsplit(":", 1)[0]
         source = compose[container["name"]]
-        # The same image as compose builds, running the command compose's image runs.
+        # The same image as compose builds, running the command compose's image runs (the
+        # CronJob: another subcommand of that image's program).
         assert source.build is not None
         assert image == compose_image(container["name"]), container["name"]
-        assert tuple(container["command"]) == source.command, container["name"]
         program = container["command"][0]
         scripts = metadata.distribution(source.build_args["PACKAGE"]).entry_points
         assert program in scripts.select(group="console_scripts").names, program
+        if workload["kind"] == "CronJob":
+            assert container["command"] == ["platform-db", "sweep"]
+            assert source.command[0] == program
+            assert subcommand_exists(program, "sweep")
+            assert pod["restartPolicy"] in ("Never", "OnFailure")
+            continue
+        assert tuple(container["command"]) == source.command, container["name"]
         if workload["kind"] == "Job":
             assert pod["restartPolicy"] in ("Never", "OnFailure")
             assert "ports" not in container
@@ -247,6 +267,12 @@ def test_commands_ports_and_probes_are_the_compose_files(rendered: list[Object])
         service = one(rendered, "Service", container["name"])
         (service_port,) = service["spec"]["ports"]
         assert port_of(container, service_port["targetPort"]) == int(port)
+
+
+def subcommand_exists(program: str, name: str) -> bool:
+    """`program name --help` exits 0 (argparse: 2 for a subcommand it does not have)."""
+    path = Path(sys.executable).parent / program
+    return subprocess.run([path, name, "--help"], capture_output=True, check=False).returncode == 0
 
 
 def kind_port(container: Object, kind: str) -> int | str:
@@ -318,8 +344,8 @@ def test_the_connection_budget_fits_postgres_defaults(rendered: list[Object]) ->
     for workload, pod in workloads(rendered):
         (container,) = pod["containers"]
         env = container_env(rendered, container, {"DATABASE_URL": "-", "AUTH_SECRET": "-"})
-        if workload["kind"] == "Job":
-            used += 1  # migrate holds one connection (its lock's)
+        if workload["kind"] in ("Job", "CronJob"):
+            used += 1  # migrate holds one connection (its lock's), a sweep one
             continue
         hpa = one(rendered, "HorizontalPodAutoscaler", workload["metadata"]["name"])
         per_worker = int(env["DB_POOL_SIZE"]) + int(env["DB_MAX_OVERFLOW"]) + 1

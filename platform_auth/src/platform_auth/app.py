@@ -11,6 +11,7 @@ from sqlalchemy import text
 from starlette.middleware import Middleware
 
 from platform_auth.cache import SessionCache, SessionListener
+from platform_auth.housekeeping import Sweeper
 from platform_auth.mail import create_mailer
 from platform_auth.origin import TrustedOriginMiddleware
 from platform_auth.passwords import PasswordHasher
@@ -69,10 +70,17 @@ def create_app(
                 dsn, cache, probe=notify_through_pool, connect_kwargs=connect_kwargs
             )
             state.listener.start()
+        sweeper = None
+        if auth.sweep_interval > 0:
+            sweeper = Sweeper(kit_state(app).database.engine, auth.sweep_interval)
+            sweeper.start()
+        state.sweeper = sweeper
         app.state.auth = state
         try:
             yield
         finally:
+            if sweeper is not None:
+                await sweeper.stop()
             if state.listener is not None:
                 await state.listener.stop()
             state.hasher.close()

@@ -59,6 +59,10 @@ class AuthSettings(BaseSettings):
     # Validated sessions cached per process, evicted through LISTEN/NOTIFY; 0 turns it off.
     session_cache_size: int = Field(default=10_000, ge=0, validation_alias="SESSION_CACHE_SIZE")
     session_cache_ttl: float = Field(default=300.0, gt=0, validation_alias="SESSION_CACHE_TTL")
+    # Seconds between two sweeps of expired sessions, verification rows and old rate-limit
+    # counters by this process (platform_db.sweep; one process at a time); 0 turns it off,
+    # for when a CronJob runs `platform-db sweep` instead.
+    sweep_interval: float = Field(default=3600.0, ge=0, validation_alias="SWEEP_INTERVAL")
 
     # Links in mails point here (better-auth's baseURL); default: the URL the request came to.
     auth_url: str | None = Field(

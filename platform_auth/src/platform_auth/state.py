@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 
 from platform_auth.cache import SessionCache, SessionListener
+from platform_auth.housekeeping import Sweeper
 from platform_auth.mail import Mailer
 from platform_auth.passwords import PasswordHasher
 from platform_auth.sessions import SessionPolicy
@@ -23,6 +24,7 @@ class AuthState:
     policy: SessionPolicy
     cache: SessionCache
     listener: SessionListener | None = None
+    sweeper: Sweeper | None = None
 
 
 def auth_state(app: Starlette) -> AuthState:
