@@ -82,6 +82,8 @@ class Stack:
             # 0.0.0.0 and fixed port become 127.0.0.1 and a free port.
             "DATABASE_URL": self.database_url,
             **({"HOST": "127.0.0.1", "PORT": str(port)} if port else {}),
+            # Each container has its ports to itself; here they share one host.
+            **({"METRICS_PORT": str(free_port())} if "METRICS_PORT" in service.environment else {}),
             **overrides,
         }
         log = self.log_dir / f"{service.name}.log"

@@ -247,7 +247,10 @@ def test_commands_ports_and_probes_are_the_compose_files(rendered: list[Object])
         env = {v["name"]: v.get("value") for v in container["env"]}
         assert env["PORT"] == port, container["name"]
         assert env["HOST"] == source.environment["HOST"], container["name"]
-        assert [p["containerPort"] for p in container["ports"]] == [int(port)]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"http": int(port), "metrics": int(env["METRICS_PORT"])}, ports
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == env["METRICS_PORT"]
         assert source.healthcheck is not None
         compose_probe = re.search(r"/(readyz|healthz)\b", " ".join(source.healthcheck))
         assert compose_probe is not None

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from platform_auth.cache import SessionCache, SessionListener
 from platform_auth.housekeeping import Sweeper
 from platform_auth.mail import create_mailer
+from platform_auth.metrics import AuthMetrics
 from platform_auth.origin import TrustedOriginMiddleware
 from platform_auth.passwords import PasswordHasher
 from platform_auth.ratelimit import RateLimitMiddleware, rules_from
@@ -75,6 +76,9 @@ def create_app(
             sweeper = Sweeper(kit_state(app).database.engine, auth.sweep_interval)
             sweeper.start()
         state.sweeper = sweeper
+        metrics = kit_state(app).metrics
+        if metrics is not None:
+            state.metrics = AuthMetrics(metrics, cache, state.listener)
         app.state.auth = state
         try:
             yield

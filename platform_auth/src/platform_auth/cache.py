@@ -67,6 +67,9 @@ class SessionCache:
         self.max_size, self.ttl, self._clock = max_size, ttl, clock
         self.enabled = False
         self.generation = 0
+        # Since the process started, for the metrics: answered from memory, looked up in the
+        # database (while enabled), dropped (evicted, expired, displaced).
+        self.hits = self.misses = self.evictions = 0
         self._entries: OrderedDict[str, CachedSession] = OrderedDict()
         self._token_by_session: dict[str, str] = {}
         self._tokens_by_user: dict[str, set[str]] = {}
@@ -79,11 +82,14 @@ class SessionCache:
             return None
         entry = self._entries.get(token)
         if entry is None:
+            self.misses += 1
             return None
         if self._clock() - entry.stored_at > self.ttl:
             self.evict_token(token)
+            self.misses += 1
             return None
         self._entries.move_to_end(token)
+        self.hits += 1
         return entry
 
     def put(self, token: str, session: Session, user: User, generation: int) -> None:
@@ -103,6 +109,7 @@ class SessionCache:
         entry = self._entries.pop(token, None)
         if entry is None:
             return
+        self.evictions += 1
         self._token_by_session.pop(entry.session.id, None)
         tokens = self._tokens_by_user.get(entry.user.id)
         if tokens is not None:
@@ -129,6 +136,7 @@ class SessionCache:
 
     def clear(self) -> None:
         self.generation += 1
+        self.evictions += len(self._entries)
         self._entries.clear()
         self._token_by_session.clear()
         self._tokens_by_user.clear()

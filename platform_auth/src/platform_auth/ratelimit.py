@@ -241,6 +241,9 @@ class RateLimitMiddleware:
         if wait is None:
             await self.app(scope, receive, send)
             return
+        login = getattr(scope["app"].state, "auth", None)  # AuthState, once the app started
+        if login is not None and login.metrics is not None:
+            login.metrics.refused(rule.name)
         retry_after = str(wait).encode()
         await send_error(
             send, TooManyRequests, [(b"retry-after", retry_after), (b"x-retry-after", retry_after)]

@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from platform_auth.cache import SessionCache, SessionListener
 from platform_auth.housekeeping import Sweeper
 from platform_auth.mail import Mailer
+from platform_auth.metrics import AuthMetrics
 from platform_auth.passwords import PasswordHasher
 from platform_auth.sessions import SessionPolicy
 from platform_auth.settings import ServiceSettings
@@ -25,6 +26,7 @@ class AuthState:
     cache: SessionCache
     listener: SessionListener | None = None
     sweeper: Sweeper | None = None
+    metrics: AuthMetrics | None = None  # when METRICS_PORT is set
 
 
 def auth_state(app: Starlette) -> AuthState:

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +25,11 @@ HEADER = b"x-request-id"
 _SANE = re.compile(rb"[!-~]{1,128}")
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+# What the metrics get for a request: method, route template (UNMATCHED when none), status,
+# seconds.
+Observe = Callable[[str, str, int, float], None]
+UNMATCHED = "(unmatched)"
 
 
 class RequestIdFilter(logging.Filter):
@@ -64,8 +69,9 @@ class AccessLogMiddleware:
         enabled: bool = True,
         secret_path_segments: Sequence[str] = (),
         logger: logging.Logger | None = None,
+        observe: Observe | None = None,
     ) -> None:
-        self.app, self.enabled = app, enabled
+        self.app, self.enabled, self.observe = app, enabled, observe
         self.log = logger or logging.getLogger(ACCESS_LOGGER)
         self.redact = PathRedactor(secret_path_segments)
 
@@ -98,8 +104,13 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            if self.observe is not None:
+                template = getattr(scope.get("route"), "path", None)
+                # A path no route matched is not a label: any client could mint one.
+                self.observe(scope["method"], template or UNMATCHED, status, seconds)
             if self.enabled and self.log.isEnabledFor(logging.INFO):
-                self._line(scope, status, time.perf_counter() - started)
+                self._line(scope, status, seconds)
 
     def _line(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")

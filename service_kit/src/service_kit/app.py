@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
@@ -22,12 +23,13 @@ from service_kit.access_log import AccessLogMiddleware
 from service_kit.db import Database, create_engine, keeps_session
 from service_kit.errors import install_error_handlers
 from service_kit.health import router as health_router
+from service_kit.metrics import Metrics, refreshing
 from service_kit.middleware import (
     AllowedHostsMiddleware,
     BodySizeLimitMiddleware,
     SecurityHeadersMiddleware,
 )
-from service_kit.migrate import MigrationTree
+from service_kit.migrate import MigrationTree, current_heads
 from service_kit.openapi import install as install_openapi
 from service_kit.settings import DatabaseSettings, Settings
 from service_kit.state import KitState
@@ -56,13 +58,66 @@ async def _pooled(settings: DatabaseSettings) -> bool:
     return True
 
 
-def _outermost_access_log(app: FastAPI, *, enabled: bool, secret_paths: tuple[str, ...]) -> None:
-    """Put the request id and the access log around everything, Starlette's error middleware
-    included (add_middleware puts it inside that): a 500 has its id and its line too."""
+REVISIONS_EVERY = 30.0  # seconds between two reads of the trees' revisions, per process
+
+
+def watch_database(metrics: Metrics, database: Database, trees: Sequence[MigrationTree]) -> None:
+    """The pool's gauges, the checkouts that waited, and each tree's revision in the
+    database (`migration_revision{tree, revision} 1`), refreshed with the other gauges."""
+    metrics.watch_pool(database.engine)
+    waits = metrics.counter(
+        "db_pool_waits", "Checkouts by requests that waited for a connection (over 1 ms)"
+    )
+    revision = metrics.gauge(
+        "migration_revision",
+        "1 for the revision each migration tree is at in the database",
+        ["tree", "revision"],
+        across="livemax",
+    )
+    counted = 0
+    shown: dict[str, tuple[str, ...]] = {}
+    next_read = 0.0
+
+    def read_waits() -> None:
+        nonlocal counted
+        if database.pool_waits > counted:
+            waits.inc(database.pool_waits - counted)
+            counted = database.pool_waits
+
+    async def read_revisions() -> None:
+        nonlocal next_read
+        now = time.monotonic()
+        if now < next_read:
+            return
+        next_read = now + REVISIONS_EVERY
+        async with database.engine.connect() as conn:
+            for tree in trees:
+                found = await current_heads(conn, tree)
+                if shown.get(tree.name) == found:
+                    continue
+                for old in shown.get(tree.name, ()):
+                    revision.labels(tree.name, old).set(0)
+                for head in found:
+                    revision.labels(tree.name, head).set(1)
+                shown[tree.name] = found
+
+    metrics.on_refresh(read_waits)
+    metrics.on_refresh(read_revisions)
+
+
+def _outermost_access_log(
+    app: FastAPI, *, enabled: bool, secret_paths: tuple[str, ...], metrics: Metrics | None
+) -> None:
+    """Put the request id, the access log and the request metrics around everything,
+    Starlette's error middleware included (add_middleware puts it inside that): a 500 has its
+    id, its line and its count too."""
     build = app.build_middleware_stack
+    observe = metrics.observe if metrics is not None else None
 
     def build_with_access_log() -> ASGIApp:
-        return AccessLogMiddleware(build(), enabled=enabled, secret_path_segments=secret_paths)
+        return AccessLogMiddleware(
+            build(), enabled=enabled, secret_path_segments=secret_paths, observe=observe
+        )
 
     # Starlette builds the stack on the first request by calling this attribute.
     app.build_middleware_stack = build_with_access_log  # type: ignore[method-assign]
@@ -115,14 +170,20 @@ def create_app(
     database is open. `secret_path_segments`: path segments followed by a single-use token,
     which the access log redacts where no route template stands in for the path.
     """
-    state = KitState(trees=tuple(trees))
+    metrics = Metrics() if settings.server.metrics_port else None
+    state = KitState(trees=tuple(trees), metrics=metrics)
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         pooled = await _pooled(settings.database)
         state.database = Database(create_engine(settings.database, pooled=pooled), pooled=pooled)
+        if metrics is not None:
+            watch_database(metrics, state.database, state.trees)
         try:
-            async with lifespan(app) if lifespan else nullcontext():
+            async with (
+                lifespan(app) if lifespan else nullcontext(),
+                refreshing(metrics) if metrics is not None else nullcontext(),
+            ):
                 with frozen_startup_heap():
                     yield
         finally:
@@ -143,7 +204,10 @@ def create_app(
     )
     app.state.kit = state
     _outermost_access_log(
-        app, enabled=settings.server.access_log, secret_paths=secret_path_segments
+        app,
+        enabled=settings.server.access_log,
+        secret_paths=secret_path_segments,
+        metrics=metrics,
     )
     install_error_handlers(app)
     for layer in reversed(middleware):  # add_middleware puts each outside the ones before it

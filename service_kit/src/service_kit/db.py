@@ -178,6 +178,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine, *, pooled: bool = False) -> None:
         self.engine, self.pooled = engine, pooled
+        self.pool_waits = 0  # request checkouts that waited (service_kit.transaction)
         self.write_sessionmaker = async_sessionmaker(
             engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
         )

@@ -20,6 +20,7 @@ from service_kit.access_log import ACCESS_LOGGER, RequestIdFilter
 from service_kit.cli import main_for, subcommands
 from service_kit.http_server import BoundedHttpToolsProtocol
 from service_kit.logs import LogFormat, json_config
+from service_kit.metrics import serve_metrics
 from service_kit.migrate import MigrationError, MigrationTree
 from service_kit.settings import Settings
 
@@ -102,6 +103,9 @@ def serve(service: ServiceDefinition, host: str, port: int, workers: int | None 
         )
     )
     log.info("%s: migrations at %s", service.name, " ".join(heads))
+    if server.metrics_port:
+        # Before the app exists: its metrics must be the multiprocess kind (see metrics.py).
+        serve_metrics(host, server.metrics_port)
     # One worker: the app is built here. Several: each worker process imports the factory and
     # builds its own (own pool, own listener), reading the same environment.
     app: FastAPI | str = service.create_app(settings) if workers == 1 else _factory(service)

@@ -75,6 +75,8 @@ class ServerSettings(BaseSettings):
     # json (one object per line, for a log collector) or text; None: text in development,
     # json elsewhere (service_kit.logs).
     log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
+    # Prometheus metrics on their own port (service_kit.metrics); None: no metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="METRICS_PORT")
     environment: str = Field(default="production", validation_alias="ENVIRONMENT")
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
     # addresses or networks, `*` for any). None by default: a client's own address is what

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 
 from service_kit.db import Database
+from service_kit.metrics import Metrics
 from service_kit.migrate import MigrationTree
 
 
@@ -15,6 +16,8 @@ class KitState:
     """One per app, on `app.state.kit`; read it through `kit_state(app)`, never by name."""
 
     trees: tuple[MigrationTree, ...]
+    # None when METRICS_PORT is not set: then nothing imports prometheus_client.
+    metrics: Metrics | None = None
     tree_heads: dict[str, tuple[str, ...]] = field(init=False)
     tree_graphs: dict[str, dict[str, tuple[str, ...]]] = field(init=False)
     _database: Database | None = field(default=None, init=False, repr=False)

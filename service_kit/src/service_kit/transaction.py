@@ -17,6 +17,7 @@ mapped objects (the login's routes).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
@@ -34,6 +35,8 @@ from service_kit.openapi import raises
 from service_kit.state import kit_state
 
 log = logging.getLogger(__name__)
+# A checkout slower than this waited for a connection to be given back (or opened one).
+POOL_WAIT = 0.001
 
 
 def database(request: Request) -> Database:
@@ -64,10 +67,13 @@ class Statements:
     is raised as it is (a bug: 500).
     """
 
-    __slots__ = ("_broken", "_driver", "_engine", "_proxied", "_transaction", "_tx")
+    __slots__ = ("_broken", "_database", "_driver", "_engine", "_proxied", "_transaction", "_tx")
 
-    def __init__(self, engine: AsyncEngine, *, transaction: bool) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, transaction: bool, database: Database | None = None
+    ) -> None:
         self._engine = engine
+        self._database = database  # counts the checkouts that had to wait
         self._transaction = transaction
         self._proxied: PoolProxiedConnection | None = None
         self._driver: asyncpg.Connection | None = None
@@ -75,7 +81,10 @@ class Statements:
         self._broken = False
 
     async def _connect(self) -> asyncpg.Connection:
+        started = time.perf_counter()
         proxied = await self._engine.raw_connection()
+        if self._database is not None and time.perf_counter() - started > POOL_WAIT:
+            self._database.pool_waits += 1
         self._proxied = proxied
         driver: asyncpg.Connection = proxied.driver_connection
         self._driver = driver
@@ -156,7 +165,7 @@ class Statements:
 async def _read(request: Request) -> AsyncIterator[Statements]:
     db = database(request)
     # Behind a transaction pooler a statement outside a transaction is not safe (db.py).
-    statements = Statements(db.engine, transaction=db.pooled)
+    statements = Statements(db.engine, transaction=db.pooled, database=db)
     try:
         yield statements
     finally:
@@ -165,7 +174,8 @@ async def _read(request: Request) -> AsyncIterator[Statements]:
 
 @raises(ServiceUnavailable, InvalidInput)
 async def _write(request: Request) -> AsyncIterator[Statements]:
-    statements = Statements(database(request).engine, transaction=True)
+    db = database(request)
+    statements = Statements(db.engine, transaction=True, database=db)
     try:
         yield statements
     except BaseException:
