@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from opentelemetry.trace import Tracer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -179,6 +180,7 @@ class Database:
     def __init__(self, engine: AsyncEngine, *, pooled: bool = False) -> None:
         self.engine, self.pooled = engine, pooled
         self.pool_waits = 0  # request checkouts that waited (service_kit.transaction)
+        self.tracer: Tracer | None = None  # set when traces are on (service_kit.tracing)
         self.write_sessionmaker = async_sessionmaker(
             engine, class_=AsyncSession, expire_on_commit=False, autoflush=False
         )

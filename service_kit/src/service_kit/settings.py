@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_kit.logs import LogFormat
@@ -77,6 +77,14 @@ class ServerSettings(BaseSettings):
     log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
     # Prometheus metrics on their own port (service_kit.metrics); None: no metrics.
     metrics_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="METRICS_PORT")
+    # OpenTelemetry's own variables (service_kit.tracing): traces when an endpoint is set.
+    otel_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+    )
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
     environment: str = Field(default="production", validation_alias="ENVIRONMENT")
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
     # addresses or networks, `*` for any). None by default: a client's own address is what
@@ -98,6 +106,11 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _format(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
+
+    @property
+    def tracing(self) -> bool:
+        """Traces on: an OTLP endpoint is set and the SDK is not switched off."""
+        return bool(self.otel_endpoint) and not self.otel_sdk_disabled
 
     @property
     def log_lines(self) -> LogFormat:

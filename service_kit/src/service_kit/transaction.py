@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import asyncpg
 from asyncpg.transaction import Transaction
 from fastapi import Depends, Request
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
@@ -33,6 +34,7 @@ from service_kit.db import Database, ReadSession
 from service_kit.errors import UNAVAILABLE_SQLSTATES, InvalidInput, ServiceUnavailable
 from service_kit.openapi import raises
 from service_kit.state import kit_state
+from service_kit.tracing import attributes, span_name
 
 log = logging.getLogger(__name__)
 # A checkout slower than this waited for a connection to be given back (or opened one).
@@ -121,6 +123,15 @@ class Statements:
             raise _unavailable(exc) from exc
 
     async def _fetch(self, statement: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        tracer = self._database.tracer if self._database is not None else None
+        if tracer is None:
+            return await self._fetch_untraced(statement, params)
+        with tracer.start_as_current_span(
+            span_name(statement.sql), kind=SpanKind.CLIENT, attributes=attributes(statement.sql)
+        ):
+            return await self._fetch_untraced(statement, params)
+
+    async def _fetch_untraced(self, statement: Compiled, params: Mapping[str, Any]) -> list[Any]:
         driver = self._driver or await self._connect()
         args = statement.args(params)
         if self._tx is not None:
