@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sqlalchemy import BigInteger, case, cast, delete, extract, func, or_, select
+from sqlalchemy import BigInteger, case, cast, extract, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from platform_auth.errors import TooManyRequests
 from platform_auth.settings import RateLimitSettings, parse_rate
 from platform_db.models import RateLimit
+from platform_db.sweep import sweep_rate_limits
 from service_kit.db import Database
 from service_kit.errors import AppError, ServiceUnavailable, is_unavailable, send_error
 from service_kit.state import kit_state
@@ -183,15 +184,15 @@ class DatabaseCounter:
         self._sweeping = asyncio.create_task(self.sweep(), name="rate-limit-sweep")
 
     async def sweep(self) -> int:
-        """Delete the counters whose last request is older than any window; their number."""
-        old = _table.c.last_request < _NOW_MS - self.sweep_age_ms
+        """Delete the counters whose last request is older than any window (the platform's
+        sweep, in batches, leaving the round to a sweeper already at it); their number."""
         try:
-            async with self.database.statements() as conn:
-                result = await conn.execute(delete(_table).where(old))
+            return await sweep_rate_limits(
+                self.database.engine, self.sweep_age_ms / 1000, wait=False
+            )
         except Exception as exc:  # a sweep can wait for the next one
             log.warning("rate limits: sweeping old counters failed (%s)", type(exc).__name__)
             return 0
-        return int(result.rowcount or 0)
 
 
 class RateLimitMiddleware:

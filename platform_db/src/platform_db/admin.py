@@ -16,12 +16,11 @@ from typing import Any
 from sqlalchemy import Select, column, delete, func, or_, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from platform_db.models import Account, Session, User
+from platform_db.models import NOW_UTC, Account, Session, User
 
 _user = User.__table__  # type: ignore[attr-defined]
 _session = Session.__table__  # type: ignore[attr-defined]
 _account = Account.__table__  # type: ignore[attr-defined]
-_NOW_UTC = func.timezone("utc", func.now())
 
 
 class NoSuchUser(LookupError):
@@ -66,7 +65,7 @@ class Deleted:
 def _summary_query() -> Select[Any]:
     live = (
         select(func.count())
-        .where(_session.c.user_id == _user.c.id, _session.c.expires_at > _NOW_UTC)
+        .where(_session.c.user_id == _user.c.id, _session.c.expires_at > NOW_UTC)
         .scalar_subquery()
     )
     return select(
@@ -116,7 +115,7 @@ async def show_user(engine: AsyncEngine, email: str) -> UserDetail:
                 _session.c.ip_address,
                 _session.c.user_agent,
             )
-            .where(_session.c.user_id == user.id, _session.c.expires_at > _NOW_UTC)
+            .where(_session.c.user_id == user.id, _session.c.expires_at > NOW_UTC)
             .order_by(_session.c.created_at.desc())
         )
         return UserDetail(

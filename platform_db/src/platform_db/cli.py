@@ -16,19 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platform_db import admin, sweep
 from platform_db.trees import PLATFORM
-from service_kit.cli import database_settings, main_for, subcommands
+from service_kit.cli import database_settings, main_for, positive_int, subcommands
 from service_kit.db import create_engine
 
 # Installed packages may add subcommands here (the dev tools add `dev`).
 PLUGINS = "platform_db.commands"
 T = TypeVar("T")
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 @asynccontextmanager
@@ -124,11 +117,11 @@ def operations(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         "in bounded batches (for cron or a Kubernetes CronJob)",
     )
     p.add_argument(
-        "--batch-size", type=_positive, default=sweep.DEFAULT_BATCH, help="rows per transaction"
+        "--batch-size", type=positive_int, default=sweep.DEFAULT_BATCH, help="rows per transaction"
     )
     p.add_argument(
         "--rate-limit-age",
-        type=_positive,
+        type=positive_int,
         default=int(sweep.DEFAULT_RATE_LIMIT_AGE),
         help="seconds since its last request after which a rate-limit counter is deleted",
     )
@@ -137,7 +130,7 @@ def operations(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("list", help="users, newest first")
     p.add_argument("--search", help="a part of the email or the name")
-    p.add_argument("--limit", type=_positive, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--json", action="store_true", help="as JSON")
     p = actions.add_parser("show", help="one user: sign-in methods and live sessions")
     p.add_argument("email")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, Text, func, text
 from sqlmodel import Field, SQLModel
 
 from service_kit.metadata import metadata
@@ -22,6 +22,9 @@ __all__ = [
 ]
 
 _NOW = text("now()")
+# The database's clock as the timestamp columns hold it: UTC wall-clock time (timestamp without
+# time zone, as better-auth's).
+NOW_UTC = func.timezone("utc", func.now())
 
 
 def _text(*, nullable: bool = False, unique: bool = False) -> Column[str]:

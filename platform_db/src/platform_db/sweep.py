@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import ColumnElement, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from platform_db.models import RateLimit, Session, Verification
+from platform_db.models import NOW_UTC, RateLimit, Session, Verification
 
 # One key for every sweeper of this database (64-bit, as pg_advisory_xact_lock takes).
 SWEEP_LOCK = int.from_bytes(hashlib.sha256(b"platform_db.sweep").digest()[:8], "big", signed=True)
@@ -32,8 +31,6 @@ DEFAULT_RATE_LIMIT_AGE = 24 * 3600.0  # seconds; far longer than any rate-limit 
 _session: Table = Session.__table__  # type: ignore[attr-defined]
 _verification: Table = Verification.__table__  # type: ignore[attr-defined]
 _rate_limit: Table = RateLimit.__table__  # type: ignore[attr-defined]
-# The columns hold UTC wall-clock time (timestamp without time zone, as better-auth's).
-_NOW_UTC = func.timezone("utc", func.now())
 _NOW_MS = func.floor(func.extract("epoch", func.now()) * 1000)
 
 
@@ -78,6 +75,34 @@ async def _batch(
         return int(result.rowcount or 0)
 
 
+async def _drain(
+    engine: AsyncEngine, table: Table, old: ColumnElement[bool], batch: int, *, wait: bool
+) -> tuple[int, bool]:
+    """Batches until none is full: (rows deleted, whether it got to the end)."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    total = 0
+    while True:
+        deleted = await _batch(engine, table, old, batch, wait=wait)
+        if deleted is None:
+            return total, False
+        total += deleted
+        if deleted < batch:
+            return total, True
+
+
+def _old_counters(age: float) -> ColumnElement[bool]:
+    return _rate_limit.c.last_request < _NOW_MS - int(age * 1000)
+
+
+async def sweep_rate_limits(
+    engine: AsyncEngine, age: float, *, batch: int = DEFAULT_BATCH, wait: bool = True
+) -> int:
+    """Only the rate-limit counters older than `age` seconds; how many went."""
+    deleted, _ = await _drain(engine, _rate_limit, _old_counters(age), batch, wait=wait)
+    return deleted
+
+
 async def sweep(
     engine: AsyncEngine,
     *,
@@ -89,21 +114,15 @@ async def sweep(
 
     With `wait` off, it stops at the first batch another sweeper holds the lock for (the
     round is theirs), and says so (`complete` False)."""
-    if batch < 1:
-        raise ValueError("batch must be at least 1")
     # In the order of Swept's counts.
-    targets: list[tuple[Table, ColumnElement[Any]]] = [
-        (_session, _session.c.expires_at < _NOW_UTC),
-        (_verification, _verification.c.expires_at < _NOW_UTC),
-        (_rate_limit, _rate_limit.c.last_request < _NOW_MS - int(rate_limit_age * 1000)),
+    targets: list[tuple[Table, ColumnElement[bool]]] = [
+        (_session, _session.c.expires_at < NOW_UTC),
+        (_verification, _verification.c.expires_at < NOW_UTC),
+        (_rate_limit, _old_counters(rate_limit_age)),
     ]
     counts = [0, 0, 0]
     for i, (table, old) in enumerate(targets):
-        while True:
-            deleted = await _batch(engine, table, old, batch, wait=wait)
-            if deleted is None:
-                return Swept(counts[0], counts[1], counts[2], complete=False)
-            counts[i] += deleted
-            if deleted < batch:
-                break
+        counts[i], complete = await _drain(engine, table, old, batch, wait=wait)
+        if not complete:
+            return Swept(counts[0], counts[1], counts[2], complete=False)
     return Swept(counts[0], counts[1], counts[2])

@@ -105,16 +105,14 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            template: str | None = getattr(scope.get("route"), "path", None)
             if self.observe is not None:
-                template = getattr(scope.get("route"), "path", None)
                 # A path no route matched is not a label: any client could mint one.
                 self.observe(scope["method"], template or UNMATCHED, status, seconds)
             if self.enabled and self.log.isEnabledFor(logging.INFO):
-                self._line(scope, status, seconds)
+                self._line(scope, template, status, seconds)
 
-    def _line(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None)
+    def _line(self, scope: Scope, template: str | None, status: int, seconds: float) -> None:
         client = scope.get("client")
         address = client[0] if client else "-"
         method = scope["method"]

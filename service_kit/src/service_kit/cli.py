@@ -30,6 +30,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger(__name__)
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number, at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def database_settings() -> DatabaseSettings:
     """The database settings from the environment; a problem is one readable MigrationError."""
     try:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from service_kit import migrate
 from service_kit.access_log import ACCESS_LOGGER, RequestIdFilter
-from service_kit.cli import main_for, subcommands
+from service_kit.cli import main_for, positive_int, subcommands
 from service_kit.http_server import BoundedHttpToolsProtocol
 from service_kit.logs import LogFormat, json_config
 from service_kit.metrics import serve_metrics
@@ -136,13 +136,6 @@ def serve(service: ServiceDefinition, host: str, port: int, workers: int | None 
     return 0
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
 def service_main(service: ServiceDefinition) -> NoReturn:
     """The console command of a service: the migration subcommands plus `serve`."""
 
@@ -155,7 +148,7 @@ def service_main(service: ServiceDefinition) -> NoReturn:
         )
         p.add_argument(
             "--workers",
-            type=_positive,
+            type=positive_int,
             default=None,
             help="worker processes (default: WEB_CONCURRENCY, else 1)",
         )
