@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Column, MetaData, Table, Text, bindparam, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from platform_dev.embedded import free_port
 from service_kit.compiled import Compiled
 from service_kit.db import create_engine
 from service_kit.errors import InvalidInput, ServiceUnavailable
@@ -107,3 +108,54 @@ async def test_a_lost_connection_is_503_and_not_given_back(engine: AsyncEngine) 
         await db.rows(ALL, {})
     await db.close(commit=False)
     assert await stored(engine) == []  # the next request gets a working connection
+
+
+async def test_a_server_that_refuses_connections_is_503(empty_db: str) -> None:
+    """Connecting fails (the pool raises the driver's own errors here, unwrapped): a server
+    shutting down or turning connections away, or no server at all."""
+    probe = create_engine(DatabaseSettings(database_url=empty_db))
+    async with probe.begin() as conn:
+        name = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+    await probe.dispose()
+    admin = create_engine(DatabaseSettings(database_url=empty_db.rsplit("/", 1)[0] + "/postgres"))
+    async with admin.begin() as conn:  # "database is not currently accepting connections"
+        await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+    refused = create_engine(DatabaseSettings(database_url=empty_db))
+    nobody = create_engine(
+        DatabaseSettings(database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    )
+    try:
+        for engine in (refused, nobody):
+            db = Statements(engine, transaction=True)
+            with pytest.raises(ServiceUnavailable) as raised:
+                await db.rows(ALL, {})
+            assert raised.value.headers == {"Retry-After": "1"}
+            await db.close(commit=False)
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        for engine in (admin, refused, nobody):
+            await engine.dispose()
+
+
+async def test_a_write_on_a_connection_the_server_closed_is_503(engine: AsyncEngine) -> None:
+    db = Statements(engine, transaction=False)
+    await db.rows(ALL, {})  # a connection in the pool now
+    await db.close(commit=False)
+    async with engine.connect() as other:  # the server ends every other backend
+        await other.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    for _ in range(2):  # the pool may lend the dead one: a 503, then a working connection
+        db = Statements(engine, transaction=True)
+        try:
+            await db.row(ADD, {"id": "a", "body": "one"})
+        except ServiceUnavailable:
+            await db.close(commit=False)
+            continue
+        await db.close(commit=True)
+        break
+    assert [r["id"] for r in await stored(engine)] == ["a"]

@@ -25,6 +25,7 @@ import asyncpg
 from asyncpg.transaction import Transaction
 from fastapi import Depends, Request
 from opentelemetry.trace import SpanKind
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
@@ -59,6 +60,12 @@ def _unavailable(reason: BaseException) -> ServiceUnavailable:
     return ServiceUnavailable(headers={"Retry-After": "1"})
 
 
+async def _begin(driver: asyncpg.Connection) -> Transaction:
+    tx = driver.transaction()
+    await tx.start()
+    return tx
+
+
 class Statements:
     """A request's connection, taken from the pool at the first statement, running compiled
     statements on the asyncpg connection underneath.
@@ -84,16 +91,22 @@ class Statements:
 
     async def _connect(self) -> asyncpg.Connection:
         started = time.perf_counter()
-        proxied = await self._engine.raw_connection()
+        try:
+            proxied = await self._engine.raw_connection()
+        except (self._engine.dialect.loaded_dbapi.Error, OSError, PoolTimeout) as exc:
+            # No connection to be had (the server is shutting down, turns connections away or
+            # is gone; the pool waited in vain): the pool raises the driver's own errors here,
+            # not SQLAlchemy's wrapped ones the error handlers answer with 503.
+            raise _unavailable(exc) from exc
         if self._database is not None and time.perf_counter() - started > POOL_WAIT:
             self._database.pool_waits += 1
         self._proxied = proxied
         driver: asyncpg.Connection = proxied.driver_connection
         self._driver = driver
         if self._transaction:
-            tx = driver.transaction()
-            await self._run(tx.start)
-            self._tx = tx
+            # Both in _run: a pooled connection the server closed refuses to make the
+            # transaction object already (asyncpg's InterfaceError), not only to start it.
+            self._tx = await self._run(_begin, driver)
         return driver
 
     async def _run(self, call: Any, *args: Any) -> Any:
